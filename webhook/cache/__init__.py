@@ -1,0 +1,1 @@
+"""The on-volume cache protocol shared by `fetch`, `warm`, `gc` and `stats`."""

@@ -1,0 +1,262 @@
+"""Policy resolution: built-in < cluster config < namespace annotations < pod annotations.
+
+A pure function of plain data. Every value is validated at the layer that sets it; a bad value
+is ignored with a warning (the lower layer's value stays), and the decision records which layer
+set each setting, for `preview --explain` and the status annotation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, TypeVar
+
+from webhook import names
+from webhook.clusterconfig import (
+    ClusterConfig,
+    PolicyMode,
+    ServingMode,
+    is_dns1123_subdomain,
+)
+from webhook.keys import is_valid_revision
+from webhook.skips import SkipReason
+
+MAX_VALUE_LEN: Final = 253
+T = TypeVar("T")
+
+
+class Layer(StrEnum):
+    BUILTIN = "built-in"
+    CLUSTER = "cluster"
+    NAMESPACE = "namespace"
+    POD = "pod"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the layers decided for one pod."""
+
+    mode: PolicyMode
+    enabled: bool | None
+    cache: bool
+    skip: SkipReason | None
+    pvc: str
+    serving_mode: ServingMode
+    fs_group: int
+    secret: str | None
+    revision: str
+    pod_overrides: frozenset[str]
+    sources: Mapping[str, Layer] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def explain(self) -> list[tuple[str, str, str]]:
+        """(setting, value, layer) rows, in a stable order."""
+        values: dict[str, Any] = {
+            "policy": self.mode.value,
+            "enabled": "" if self.enabled is None else str(self.enabled).lower(),
+            "pvc": self.pvc,
+            "serving-mode": self.serving_mode.value,
+            "fs-group": str(self.fs_group),
+            "secret": self.secret or "",
+            "revision": self.revision,
+            "pod-overrides": ",".join(sorted(self.pod_overrides)),
+        }
+        return [(k, str(v), self.sources.get(k, Layer.BUILTIN).value) for k, v in values.items()]
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_mode(value: str) -> PolicyMode:
+    return PolicyMode(value.strip())
+
+
+def _parse_serving_mode(value: str) -> ServingMode:
+    return ServingMode(value.strip())
+
+
+def _parse_name(value: str) -> str:
+    if not is_dns1123_subdomain(value):
+        raise ValueError("expected a DNS-1123 name (lower-case letters, digits, '-', '.')")
+    return value
+
+
+def _parse_fs_group(value: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise ValueError("expected a positive integer")
+    number = int(value)
+    if not 1 <= number <= 2_147_483_647:
+        raise ValueError("expected an integer from 1 to 2147483647")
+    return number
+
+
+def _parse_overrides(value: str) -> frozenset[str]:
+    keys = frozenset(k.strip() for k in value.split(",") if k.strip())
+    unknown = keys - names.OVERRIDABLE
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; allowed: pvc, secret, serving-mode")
+    return keys
+
+
+def _parse_revision(value: str) -> str:
+    if not is_valid_revision(value):
+        raise ValueError("expected 1-63 characters of [A-Za-z0-9._-]")
+    return value
+
+
+def _show(value: str) -> str:
+    """A short, printable rendering of a hostile value for a warning."""
+    shown = value if len(value) <= 64 else value[:61] + "..."
+    return repr(shown)
+
+
+class _Resolver:
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.sources: dict[str, Layer] = {}
+        self.warnings: list[str] = []
+
+    def take(
+        self,
+        setting: str,
+        current: T,
+        raw: str | None,
+        parse: Callable[[str], T],
+        layer: Layer,
+    ) -> T:
+        if raw is None:
+            return current
+        where = "namespace" if layer is Layer.NAMESPACE else "pod"
+        key = names.PREFIX + setting
+        if len(raw) > MAX_VALUE_LEN:
+            self.warnings.append(
+                f"{key}: ignored the {where} value in namespace {self.namespace!r}: "
+                f"longer than {MAX_VALUE_LEN} characters"
+            )
+            return current
+        try:
+            value = parse(raw)
+        except ValueError as exc:
+            self.warnings.append(
+                f"{key}: ignored the {where} value {_show(raw)} in namespace "
+                f"{self.namespace!r}: {exc}"
+            )
+            return current
+        self.sources[setting] = layer
+        return value
+
+
+def resolve_policy(
+    *,
+    cluster: ClusterConfig,
+    namespace_annotations: Mapping[str, str] | None,
+    pod_annotations: Mapping[str, str],
+    namespace: str = "",
+) -> Policy:
+    """Resolve the settings for one pod from the four layers."""
+    ns = namespace_annotations or {}
+    r = _Resolver(namespace)
+    defaults = ClusterConfig()
+    for setting, attr in (
+        ("policy", "policy"),
+        ("pvc", "pvc"),
+        ("serving-mode", "servingMode"),
+        ("fs-group", "fsGroup"),
+        ("pod-overrides", "podOverrides"),
+    ):
+        if getattr(cluster, attr) != getattr(defaults, attr):
+            r.sources[setting] = Layer.CLUSTER
+
+    mode = r.take("policy", cluster.policy, ns.get(names.POLICY), _parse_mode, Layer.NAMESPACE)
+    pvc = r.take("pvc", cluster.pvc, ns.get(names.PVC), _parse_name, Layer.NAMESPACE)
+    serving = r.take(
+        "serving-mode",
+        cluster.servingMode,
+        ns.get(names.SERVING_MODE),
+        _parse_serving_mode,
+        Layer.NAMESPACE,
+    )
+    fs_group = r.take(
+        "fs-group", cluster.fsGroup, ns.get(names.FS_GROUP), _parse_fs_group, Layer.NAMESPACE
+    )
+    overrides = r.take(
+        "pod-overrides",
+        cluster.podOverrides,
+        ns.get(names.POD_OVERRIDES),
+        _parse_overrides,
+        Layer.NAMESPACE,
+    )
+    secret: str | None = r.take("secret", None, ns.get(names.SECRET), _parse_name, Layer.NAMESPACE)
+    enabled: bool | None = r.take(
+        "enabled", None, ns.get(names.ENABLED), _parse_bool, Layer.NAMESPACE
+    )
+
+    # Pod layer: `enabled` and `revision` always; starred keys only where admins allow them.
+    pod_enabled: bool | None = r.take(
+        "enabled", None, pod_annotations.get(names.ENABLED), _parse_bool, Layer.POD
+    )
+    if pod_enabled is not None:
+        enabled = pod_enabled
+    revision_raw = pod_annotations.get(names.REVISION)
+    revision = r.take("revision", "", revision_raw, _parse_revision, Layer.POD)
+    revision_invalid = revision_raw is not None and r.sources.get("revision") is not Layer.POD
+
+    def pod_value(setting: str, current: T, parse: Callable[[str], T]) -> T:
+        raw = pod_annotations.get(names.PREFIX + setting)
+        if raw is None:
+            return current
+        if setting not in overrides:
+            r.warnings.append(
+                f"{names.PREFIX}{setting}: ignored the pod value: namespace "
+                f"{namespace!r} does not allow pods to set it (pod-overrides: "
+                f"{','.join(sorted(overrides)) or 'none'})"
+            )
+            return current
+        return r.take(setting, current, raw, parse, Layer.POD)
+
+    pvc = pod_value("pvc", pvc, _parse_name)
+    serving = pod_value("serving-mode", serving, _parse_serving_mode)
+    secret = pod_value("secret", secret, _parse_name)
+
+    skip: SkipReason | None = None
+    if mode is PolicyMode.DISABLED:
+        skip = SkipReason.POLICY_DISABLED
+        if pod_enabled:
+            r.warnings.append(
+                f"{names.ENABLED}: ignored: caching is disabled in namespace {namespace!r}"
+            )
+    elif mode is PolicyMode.FORCED:
+        if pod_enabled is False:
+            r.warnings.append(
+                f"{names.ENABLED}: ignored 'false': caching is forced in namespace {namespace!r}"
+            )
+    elif mode is PolicyMode.OPT_IN:
+        if enabled is not True:
+            skip = SkipReason.NOT_OPTED_IN
+    elif enabled is False:
+        skip = SkipReason.OPTED_OUT
+    if skip is None and revision_invalid:
+        # Caching under another revision would serve a stale model: admit without the cache.
+        skip = SkipReason.INVALID_ANNOTATION
+
+    return Policy(
+        mode=mode,
+        enabled=enabled,
+        cache=skip is None,
+        skip=skip,
+        pvc=pvc,
+        serving_mode=serving,
+        fs_group=fs_group,
+        secret=secret,
+        revision=revision,
+        pod_overrides=overrides,
+        sources=dict(r.sources),
+        warnings=tuple(r.warnings),
+    )

@@ -1,0 +1,493 @@
+"""A small stand-in for the Kubernetes API server on 127.0.0.1, for tests of the real client.
+
+Speaks plain HTTP (no auth) for Namespaces (list with resourceVersion, chunked watch streams of
+ADDED/MODIFIED/DELETED events, `410 Gone`, GET by name) and Pods (list, loose labelSelector).
+Test code drives it: change namespaces, expire the watch history, drop connections, stop and
+start it on the same port. `write_kubeconfig` points the `kubernetes` client at it.
+
+    with FakeKube() as kube:
+        kube.add_namespace("team-a", annotations={"cache.kserve.io/policy": "forced"})
+        path = kube.write_kubeconfig(tmp_path / "kubeconfig")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+CREATED = "2024-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class Event:
+    rv: int
+    type: str
+    object: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("true", "1")
+
+
+def _matches(selector: str | None, labels: Mapping[str, str]) -> bool:
+    """Equality (`a=b`, `a==b`), inequality (`a!=b`), existence (`a`, `!a`); commas are AND."""
+    if not selector:
+        return True
+    for term in (t.strip() for t in selector.split(",")):
+        if not term:
+            continue
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class _Server(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], kube: FakeKube) -> None:
+        self.kube = kube
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    # A safety net: a handler never blocks for ever on a client that went silent.
+    timeout = 30
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.kube._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        self.server.kube._track(self.connection, add=False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def do_GET(self) -> None:
+        kube = self.server.kube
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        path = parts.path.rstrip("/")
+        kube._record(Request("GET", path, query))
+        segments = path.split("/")
+        try:
+            if path == "/api/v1/namespaces":
+                if _truthy(query.get("watch")):
+                    self._watch(query)
+                else:
+                    self._json(HTTPStatus.OK, kube._list_namespaces(query))
+            elif len(segments) == 5 and path.startswith("/api/v1/namespaces/"):
+                kube._wait_get_delay()
+                found = kube._get_namespace(segments[4])
+                if found is None:
+                    message = f'namespaces "{segments[4]}" not found'
+                    self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", message))
+                else:
+                    self._json(HTTPStatus.OK, found)
+            elif path == "/api/v1/pods":
+                self._json(HTTPStatus.OK, kube._list_pods(None, query))
+            elif (
+                len(segments) == 6
+                and path.startswith("/api/v1/namespaces/")
+                and (segments[5] == "pods")
+            ):
+                self._json(HTTPStatus.OK, kube._list_pods(segments[4], query))
+            else:
+                self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", "no such path"))
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+
+    def _json(self, status: HTTPStatus, body: Mapping[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _watch(self, query: Mapping[str, str]) -> None:
+        kube = self.server.kube
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        timeout = query.get("timeoutSeconds")
+        deadline = time.monotonic() + float(timeout) if timeout else None
+        for line in kube._events(query.get("resourceVersion"), deadline):
+            if line is None:
+                # Dropped: end the stream without the last chunk, as a broken link does.
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._chunk(json.dumps(line).encode() + b"\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+class FakeKube:
+    """The fake API server; thread-safe controls for tests."""
+
+    def __init__(self, *, port: int = 0) -> None:
+        self._lock = threading.Condition()
+        self._namespaces: dict[str, dict[str, Any]] = {}
+        self._pods: list[dict[str, Any]] = []
+        self._history: list[Event] = []
+        self._rv = 100
+        self._oldest_rv = self._rv  # watches from before this are answered with 410 Gone
+        self._gone_next = 0
+        self._drops = 0  # bumped to cut every open watch
+        self._stopping = False
+        self._get_delay = 0.0
+        self._connections: set[socket.socket] = set()
+        self.requests: list[Request] = []
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> FakeKube:
+        if self._server is not None:
+            return self
+        with self._lock:
+            self._stopping = False
+        server = _Server(("127.0.0.1", self._port), self)
+        self._port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and cut every open connection; `start()` again reuses the port."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        server.shutdown()
+        self._cut_connections()
+        server.server_close()  # joins the handler threads
+        thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeKube:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
+        """A kubeconfig (JSON is valid YAML) for http://127.0.0.1:PORT without auth."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [
+                {
+                    "name": "fake",
+                    "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                }
+            ],
+            "current-context": "fake",
+            "preferences": {},
+        }
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    # controls ------------------------------------------------------------------------------
+
+    def add_namespace(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        with self._lock:
+            if name in self._namespaces:
+                raise ValueError(f"namespace {name!r} exists")
+            rv = self._next_rv()
+            obj = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": name,
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": str(rv),
+                    "creationTimestamp": CREATED,
+                    "labels": {"kubernetes.io/metadata.name": name, **(labels or {})},
+                    "annotations": dict(annotations or {}),
+                },
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            }
+            self._namespaces[name] = obj
+            self._emit(Event(rv, "ADDED", copy.deepcopy(obj)))
+            return copy.deepcopy(obj)
+
+    def modify_namespace(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Replace the given maps (None leaves one as it is)."""
+        with self._lock:
+            obj = self._namespaces[name]
+            rv = self._next_rv()
+            meta = obj["metadata"]
+            meta["resourceVersion"] = str(rv)
+            if labels is not None:
+                meta["labels"] = {"kubernetes.io/metadata.name": name, **labels}
+            if annotations is not None:
+                meta["annotations"] = dict(annotations)
+            self._emit(Event(rv, "MODIFIED", copy.deepcopy(obj)))
+            return copy.deepcopy(obj)
+
+    def delete_namespace(self, name: str) -> None:
+        with self._lock:
+            obj = self._namespaces.pop(name)
+            rv = self._next_rv()
+            obj["metadata"]["resourceVersion"] = str(rv)
+            self._emit(Event(rv, "DELETED", copy.deepcopy(obj)))
+
+    def set_pods(self, pods: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._pods = copy.deepcopy(pods)
+
+    def gone_next_watch(self, count: int = 1) -> None:
+        """The next `count` watches get a 410 Gone ERROR event instead of events."""
+        with self._lock:
+            self._gone_next += count
+
+    def compact(self) -> None:
+        """Forget the event history: a watch from an older resourceVersion gets 410 Gone."""
+        with self._lock:
+            self._history.clear()
+            self._oldest_rv = self._rv
+
+    def drop_connections(self) -> None:
+        """Cut every open watch stream mid-way (no terminating chunk)."""
+        with self._lock:
+            self._drops += 1
+            self._lock.notify_all()
+        self._cut_connections()
+
+    def delay_gets(self, seconds: float) -> None:
+        """Make `GET /api/v1/namespaces/<name>` answer this much later (a slow server)."""
+        with self._lock:
+            self._get_delay = seconds
+
+    def gets_of(self, name: str) -> int:
+        """How many times `GET /api/v1/namespaces/<name>` was asked."""
+        path = f"/api/v1/namespaces/{name}"
+        return sum(1 for r in list(self.requests) if r.path == path)
+
+    def watches(self) -> int:
+        return sum(1 for r in list(self.requests) if _truthy(r.query.get("watch")))
+
+    def lists(self) -> int:
+        return sum(
+            1
+            for r in list(self.requests)
+            if r.path == "/api/v1/namespaces" and not _truthy(r.query.get("watch"))
+        )
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._rv
+
+    # internals (called from handler threads) -----------------------------------------------
+
+    def _next_rv(self) -> int:
+        self._rv += 1
+        return self._rv
+
+    def _emit(self, event: Event) -> None:
+        self._history.append(event)
+        self._lock.notify_all()
+
+    def _record(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _cut_connections(self) -> None:
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def _wait_get_delay(self) -> None:
+        with self._lock:
+            end = time.monotonic() + self._get_delay
+            while not self._stopping and (left := end - time.monotonic()) > 0:
+                self._lock.wait(left)
+
+    def _list_namespaces(self, query: Mapping[str, str]) -> dict[str, Any]:
+        with self._lock:
+            items = [
+                copy.deepcopy(ns)
+                for ns in self._namespaces.values()
+                if _matches(query.get("labelSelector"), ns["metadata"]["labels"])
+            ]
+            return {
+                "apiVersion": "v1",
+                "kind": "NamespaceList",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+
+    def _get_namespace(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._namespaces.get(name)
+            return copy.deepcopy(found) if found is not None else None
+
+    def _list_pods(self, namespace: str | None, query: Mapping[str, str]) -> dict[str, Any]:
+        with self._lock:
+            items = [
+                copy.deepcopy(pod)
+                for pod in self._pods
+                if (namespace is None or pod.get("metadata", {}).get("namespace") == namespace)
+                and _matches(query.get("labelSelector"), pod.get("metadata", {}).get("labels", {}))
+            ]
+            return {
+                "apiVersion": "v1",
+                "kind": "PodList",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+
+    def _events(self, since: str | None, deadline: float | None) -> Iterator[dict[str, Any] | None]:
+        """Watch events as dicts; `None` means: cut the connection now."""
+        with self._lock:
+            drops = self._drops
+            early: dict[str, Any] | None = None
+            pending: list[dict[str, Any]] = []
+            position = self._rv
+            if self._gone_next:
+                self._gone_next -= 1
+                early = self._gone(since)
+            elif since in (None, "", "0"):
+                # No resourceVersion: the current state as ADDED events, then changes.
+                pending = [
+                    {"type": "ADDED", "object": copy.deepcopy(ns)}
+                    for ns in self._namespaces.values()
+                ]
+            elif not since.isdigit():
+                early = {"type": "ERROR", "object": _status(400, "BadRequest", "bad rv")}
+            elif int(since) < self._oldest_rv:
+                early = self._gone(since)
+            else:
+                position = int(since)
+        if early is not None:
+            yield early
+            return
+        for event in pending:
+            yield event
+        while True:
+            with self._lock:
+                while True:
+                    if self._stopping or self._drops != drops:
+                        break
+                    news = [e for e in self._history if e.rv > position]
+                    if news:
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return
+                    self._lock.wait(0.5 if left is None else min(left, 0.5))
+                if self._stopping or self._drops != drops:
+                    news = []
+                    cut = True
+                else:
+                    cut = False
+            if cut:
+                yield None
+                return
+            for event in news:
+                position = event.rv
+                yield {"type": event.type, "object": event.object}
+
+    def _gone(self, since: str | None) -> dict[str, Any]:
+        message = f"too old resource version: {since} ({self._rv})"
+        return {"type": "ERROR", "object": _status(410, "Expired", message)}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,9 +63,27 @@ class Layout:
     def new_staging(self, key: str) -> Path:
         return self.staging / f"{_checked(key)}.{secrets.token_hex(6)}"
 
+    @property
+    def trash(self) -> Path:
+        """Where `gc` renames an entry before deleting it, so nobody sees half a folder."""
+        return self.root / ".trash"
+
+    def new_trash(self, key: str, *, now: float) -> Path:
+        """`.trash/<key>.<unix seconds>.<random>`: the stamp lets a later run sweep leftovers."""
+        return self.trash / f"{_checked(key)}.{int(now)}.{secrets.token_hex(6)}"
+
     def ensure_dirs(self) -> None:
         for path in (self.models, self.staging, self.locks, self.usage):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def list_keys(layout: Layout) -> list[str]:
+    """The keys of the folders in `models/`, sorted; names that are not keys are skipped."""
+    try:
+        names = [p.name for p in layout.models.iterdir() if p.is_dir()]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if is_valid_key(n))
 
 
 def _checked(key: str) -> str:
@@ -101,7 +118,9 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
-            files = tuple(FileEntry(path=str(f["path"]), size=int(f["size"])) for f in data["files"])
+            files = tuple(
+                FileEntry(path=str(f["path"]), size=int(f["size"])) for f in data["files"]
+            )
             return cls(
                 uri=str(data["uri"]),
                 revision=str(data["revision"]),
@@ -179,7 +198,7 @@ def record_usage(layout: Layout, key: str, outcome: str, *, now: float | None = 
     tmp = target.with_name(f".{key}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(json.dumps(data), encoding="utf-8")
     try:
-        os.replace(tmp, target)
+        tmp.replace(target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -211,3 +230,9 @@ def read_lease(layout: Layout, key: str) -> LeaseInfo | None:
         return LeaseInfo(str(data["holder"]), float(data["created"]), heartbeat)
     except (ValueError, KeyError, TypeError):
         return LeaseInfo("<unreadable>", heartbeat, heartbeat)
+
+
+def staging_key(name: str) -> str | None:
+    """The key a staging folder name `<key>.<random>` belongs to, or None for other names."""
+    key, dot, _ = name.rpartition(".")
+    return key if dot and is_valid_key(key) else None

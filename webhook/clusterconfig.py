@@ -63,7 +63,7 @@ class _Strict(BaseModel):
 class EnvVar(_Strict):
     name: Annotated[str, Field(pattern=ENV_NAME.pattern, max_length=256)]
     value: str | None = None
-    valueFrom: dict[str, Any] | None = None  # noqa: N815 - Kubernetes spelling
+    valueFrom: dict[str, Any] | None = None
 
 
 class InitContainerTemplate(_Strict):
@@ -72,17 +72,15 @@ class InitContainerTemplate(_Strict):
     image: Annotated[str, Field(min_length=1, max_length=512)] = (
         "ghcr.io/kserve-cache/kserve-cache-fetcher:0.1.0"
     )
-    imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"  # noqa: N815
+    imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     resources: dict[str, Any] = Field(default_factory=_default_resources)
     env: tuple[EnvVar, ...] = ()
-    envFrom: tuple[dict[str, Any], ...] = ()  # noqa: N815
-    extraArgs: tuple[str, ...] = ()  # noqa: N815
-    securityContext: dict[str, Any] = Field(  # noqa: N815
-        default_factory=_restricted_security_context
-    )
-    terminationMessagePath: str = "/dev/termination-log"  # noqa: N815
-    leaseTTLSeconds: Annotated[int, Field(ge=5, le=86_400)] = 120  # noqa: N815
-    waitTimeoutSeconds: Annotated[int, Field(ge=10, le=86_400)] = 3_600  # noqa: N815
+    envFrom: tuple[dict[str, Any], ...] = ()
+    extraArgs: tuple[str, ...] = ()
+    securityContext: dict[str, Any] = Field(default_factory=_restricted_security_context)
+    terminationMessagePath: str = "/dev/termination-log"
+    leaseTTLSeconds: Annotated[int, Field(ge=5, le=86_400)] = 120
+    waitTimeoutSeconds: Annotated[int, Field(ge=10, le=86_400)] = 3_600
 
 
 class ClusterConfig(_Strict):
@@ -90,18 +88,16 @@ class ClusterConfig(_Strict):
 
     policy: PolicyMode = PolicyMode.OPT_IN
     pvc: str = "kserve-model-cache"
-    servingMode: ServingMode = ServingMode.MOUNT  # noqa: N815
-    fsGroup: Annotated[int, Field(ge=1, le=2_147_483_647)] = 1000  # noqa: N815
-    podOverrides: frozenset[str] = names.OVERRIDABLE  # noqa: N815
-    excludedNamespaces: frozenset[str] = frozenset(  # noqa: N815
+    servingMode: ServingMode = ServingMode.MOUNT
+    fsGroup: Annotated[int, Field(ge=1, le=2_147_483_647)] = 1000
+    podOverrides: frozenset[str] = names.OVERRIDABLE
+    excludedNamespaces: frozenset[str] = frozenset(
         {"kube-system", "kube-public", "kube-node-lease"}
     )
-    injectWithoutKServe: bool = False  # noqa: N815
-    onError: Literal["admit", "refuse"] = "admit"  # noqa: N815
-    cacheMountPath: str = names.CACHE_MOUNT_PATH  # noqa: N815
-    initContainer: InitContainerTemplate = Field(  # noqa: N815
-        default_factory=InitContainerTemplate
-    )
+    injectWithoutKServe: bool = False
+    onError: Literal["admit", "refuse"] = "admit"
+    cacheMountPath: str = names.CACHE_MOUNT_PATH
+    initContainer: InitContainerTemplate = Field(default_factory=InitContainerTemplate)
 
     @field_validator("pvc")
     @classmethod

@@ -23,7 +23,7 @@ class SkipReason(StrEnum):
     NO_MODEL_CONTAINER = "no-model-container"
 
 
-class Skip(Exception):  # noqa: N818 - it is a decision, not an error
+class Skip(Exception):
     """Raised inside the core when a pod is to be admitted unchanged."""
 
     def __init__(self, reason: SkipReason, detail: str = "") -> None:

@@ -1,0 +1,153 @@
+"""`kserve-cache serve`: the webhook over TLS (uvicorn), with hot reload of config and certs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="run the admission webhook (TLS)",
+        description="Run the mutating admission webhook over TLS 1.2+.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8443, help="port to bind (default 8443)")
+    p.add_argument("--cert-file", type=Path, help="PEM serving certificate (reloaded on change)")
+    p.add_argument("--key-file", type=Path, help="PEM private key of --cert-file")
+    p.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="make a throwaway CA and a certificate for localhost in --cert-dir",
+    )
+    p.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=Path("certs"),
+        help="where --self-signed writes ca.crt, tls.crt, tls.key (default ./certs)",
+    )
+    p.add_argument("--config", type=Path, help="cluster config YAML (reloaded on change)")
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        help="seconds between checks of the config and certificate files (default 2)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=3 * 1024 * 1024,
+        help="largest AdmissionReview accepted; larger gets 413 (default 3 MiB)",
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, report not-ready and keep serving this long before stopping",
+    )
+    p.set_defaults(run=run)
+
+
+class _GracefulServer:
+    """uvicorn's Server, whose first SIGTERM/SIGINT first turns readiness off for a while."""
+
+    @staticmethod
+    def make(config: Any, *, state: Any, drain_seconds: float) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            draining = False
+
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                state.shutting_down = True
+                if self.draining or drain_seconds <= 0:
+                    super().handle_exit(sig, frame)
+                    return
+                self.draining = True
+                logger.info("signal %s: not ready, stopping in %.1fs", sig, drain_seconds)
+                loop = asyncio.get_event_loop()
+                loop.call_soon_threadsafe(
+                    loop.call_later, drain_seconds, super().handle_exit, sig, frame
+                )
+
+        return Server(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from webhook.app import create_app
+    from webhook.certs import write_self_signed
+    from webhook.clusterconfig import ConfigError
+    from webhook.config import ConfigStore
+    from webhook.tls import CertReloader, harden
+
+    if args.self_signed:
+        files = write_self_signed(
+            args.cert_dir, hosts=sorted({"localhost", "127.0.0.1", args.host})
+        )
+        cert_file, key_file = files.cert_file, files.key_file
+        print(f"self-signed CA: {files.ca_file.resolve()}", file=sys.stderr)  # noqa: T201
+        print(  # noqa: T201
+            f"try: curl --cacert {files.ca_file} https://localhost:{args.port}/healthz",
+            file=sys.stderr,
+        )
+    elif args.cert_file and args.key_file:
+        cert_file, key_file = args.cert_file, args.key_file
+    else:
+        print("serve: give --cert-file and --key-file, or --self-signed", file=sys.stderr)  # noqa: T201
+        return 2
+
+    try:
+        store = ConfigStore(args.config)
+    except ConfigError as exc:
+        print(f"serve: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+
+    app = create_app(
+        store=store, max_body=args.max_body_bytes, reload_interval=args.reload_interval
+    )
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        ssl_certfile=str(cert_file),
+        ssl_keyfile=str(key_file),
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+    config.load()
+    assert config.ssl is not None  # noqa: S101 - uvicorn made it from the files above
+    reloader = CertReloader(harden(config.ssl), cert_file, key_file)
+    server = _GracefulServer.make(config, state=app.state.kc, drain_seconds=args.drain_seconds)
+
+    async def main() -> None:
+        watcher = asyncio.create_task(reloader.run(args.reload_interval))
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    logger.info("serving on https://%s:%s", args.host, args.port)
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(main())
+    return 0

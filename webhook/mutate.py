@@ -1,0 +1,190 @@
+"""`mutate(pod, policy, ...)`: the cached pod, as a pure function on raw dicts.
+
+The input is never modified, unknown fields are preserved, and mutating an already mutated pod
+changes nothing: every name we inject is fixed and every step replaces rather than appends.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from webhook import __version__, names
+from webhook.clusterconfig import ClusterConfig, ServingMode
+from webhook.keys import cache_key
+from webhook.policy import Policy
+from webhook.selection import ModelSource, find_init_container, metadata
+from webhook.skips import Skip, SkipReason
+from webhook.template import FetchSpec, build_init_container
+
+
+def status_annotation(spec: FetchSpec, policy: Policy) -> str:
+    """The `cache.kserve.io/status` value: what was injected, as compact JSON."""
+    status: dict[str, Any] = {
+        "key": spec.key,
+        "pvc": spec.pvc,
+        "uri": spec.uri,
+        "mode": spec.mode.value,
+        "version": __version__,
+    }
+    if spec.revision:
+        status["revision"] = spec.revision
+    decided = {k: v.value for k, v in sorted(policy.sources.items())}
+    if decided:
+        status["by"] = decided
+    return json.dumps(status, sort_keys=True, separators=(",", ":"))
+
+
+def fetch_spec(
+    pod: Mapping[str, Any],
+    policy: Policy,
+    *,
+    source: ModelSource,
+    config: ClusterConfig,
+    namespace: str,
+) -> FetchSpec:
+    labels, _ = metadata(pod)
+    return FetchSpec(
+        uri=source.uri,
+        key=cache_key(source.uri, policy.revision),
+        revision=policy.revision,
+        mode=policy.serving_mode,
+        pvc=policy.pvc,
+        secret=policy.secret,
+        cache_mount_path=config.cacheMountPath,
+        isvc=str(labels.get(names.ISVC_LABEL, "")),
+        namespace=namespace,
+    )
+
+
+def _model_mount(spec: FetchSpec) -> dict[str, Any]:
+    if spec.mode is ServingMode.MOUNT:
+        return {
+            "name": names.CACHE_VOLUME,
+            "mountPath": names.MODEL_MOUNT_PATH,
+            "subPath": f"models/{spec.key}",
+            "readOnly": True,
+        }
+    return {"name": names.PROVISION_VOLUME, "mountPath": names.MODEL_MOUNT_PATH, "readOnly": True}
+
+
+def _is_model_path(path: object) -> bool:
+    return isinstance(path, str) and path.rstrip("/") == names.MODEL_MOUNT_PATH
+
+
+def _retarget_model_mounts(containers: list[dict[str, Any]], mount: dict[str, Any]) -> bool:
+    """Point every /mnt/models mount at our volume; True when any container had one."""
+    found = False
+    for container in containers:
+        mounts = container.get("volumeMounts")
+        if not isinstance(mounts, list):
+            continue
+        for index, existing in enumerate(mounts):
+            if not isinstance(existing, dict) or not _is_model_path(existing.get("mountPath")):
+                continue
+            if existing.get("name") not in (names.PROVISION_VOLUME, names.CACHE_VOLUME):
+                raise Skip(
+                    SkipReason.FOREIGN_MODEL_MOUNT,
+                    f"container {container.get('name')!r} mounts volume "
+                    f"{existing.get('name')!r} at {names.MODEL_MOUNT_PATH}",
+                )
+            mounts[index] = dict(mount)
+            found = True
+    return found
+
+
+def _references(spec: Mapping[str, Any], volume: str) -> bool:
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for container in spec.get(key) or ():
+            for mount in container.get("volumeMounts") or ():
+                if mount.get("name") == volume:
+                    return True
+            for device in container.get("volumeDevices") or ():
+                if device.get("name") == volume:
+                    return True
+    return False
+
+
+def mutate(
+    pod: Mapping[str, Any],
+    policy: Policy,
+    *,
+    source: ModelSource,
+    config: ClusterConfig,
+    namespace: str,
+) -> dict[str, Any]:
+    """The pod with the cache injected. Raises Skip when it cannot be done safely."""
+    spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
+    out: dict[str, Any] = copy.deepcopy(dict(pod))
+    pod_spec: dict[str, Any] = out.setdefault("spec", {})
+    volumes: list[dict[str, Any]] = list(pod_spec.get("volumes") or [])
+
+    # 1. the cache volume
+    wanted_volume = {"name": names.CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.pvc}}
+    current = next((v for v in volumes if v.get("name") == names.CACHE_VOLUME), None)
+    if current is None:
+        volumes.append(wanted_volume)
+    elif current != wanted_volume:
+        raise Skip(
+            SkipReason.VOLUME_CONFLICT,
+            f"the pod already has a volume named {names.CACHE_VOLUME!r} that is not the cache",
+        )
+
+    # 2. the model mounts of every container that reads /mnt/models
+    containers: list[dict[str, Any]] = pod_spec.get("containers") or []
+    init_containers: list[dict[str, Any]] = list(pod_spec.get("initContainers") or [])
+    readers = containers + [
+        c for c in init_containers if c.get("name") != names.STORAGE_INITIALIZER
+    ]
+    model_mount = _model_mount(spec)
+    if not _retarget_model_mounts(readers, model_mount):
+        target = next((c for c in containers if c.get("name") == names.KSERVE_CONTAINER), None)
+        if target is None:
+            raise Skip(
+                SkipReason.NO_MODEL_CONTAINER,
+                f"no container mounts {names.MODEL_MOUNT_PATH} and none is named "
+                f"{names.KSERVE_CONTAINER!r}",
+            )
+        target_mounts = list(target.get("volumeMounts") or [])
+        target_mounts.append(dict(model_mount))
+        target["volumeMounts"] = target_mounts
+
+    # 3. our storage-initializer, taking over KServe's (or ours from an earlier pass)
+    existing = find_init_container(out, names.STORAGE_INITIALIZER)
+    initializer = build_init_container(existing, spec=spec, template=config.initContainer)
+    if existing is None:
+        init_containers.append(initializer)
+    else:
+        init_containers = [
+            initializer if c.get("name") == names.STORAGE_INITIALIZER else c
+            for c in init_containers
+        ]
+    pod_spec["initContainers"] = init_containers
+
+    # 4. the emptyDir: needed in copy mode, dropped in mount mode once nothing mounts it
+    has_provision = any(v.get("name") == names.PROVISION_VOLUME for v in volumes)
+    if spec.mode is ServingMode.COPY and not has_provision:
+        volumes.append({"name": names.PROVISION_VOLUME, "emptyDir": {}})
+    pod_spec["volumes"] = volumes
+    if (
+        spec.mode is ServingMode.MOUNT
+        and has_provision
+        and not _references(pod_spec, names.PROVISION_VOLUME)
+    ):
+        pod_spec["volumes"] = [v for v in volumes if v.get("name") != names.PROVISION_VOLUME]
+
+    # 5. fsGroup only when the pod has none; never a recursive chown of the whole cache
+    security = pod_spec.get("securityContext")
+    security = dict(security) if isinstance(security, dict) else {}
+    security.setdefault("fsGroup", policy.fs_group)
+    security.setdefault("fsGroupChangePolicy", "OnRootMismatch")
+    pod_spec["securityContext"] = security
+
+    # 6. the status annotation
+    meta: dict[str, Any] = out.setdefault("metadata", {})
+    annotations = dict(meta.get("annotations") or {})
+    annotations[names.STATUS] = status_annotation(spec, policy)
+    meta["annotations"] = annotations
+    return out

@@ -1,0 +1,242 @@
+"""`review()`: one AdmissionReview in, one AdmissionReview out. The HTTP server, `preview` and
+the tests all go through it. Pure: the namespace's annotations are passed in as data.
+
+Two error channels: a malformed review raises `BadReview` (the edge answers HTTP 400); a pod
+the cache cannot be applied to is admitted unchanged with a named skip reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from webhook import names
+from webhook.clusterconfig import ClusterConfig
+from webhook.mutate import fetch_spec, mutate
+from webhook.namespaces import NamespaceView
+from webhook.patch import encode_patch, make_patch
+from webhook.policy import Policy, resolve_policy
+from webhook.selection import (
+    Origin,
+    check_pod,
+    check_source,
+    find_init_container,
+    find_model_source,
+    metadata,
+)
+from webhook.skips import Skip, SkipReason
+
+logger = logging.getLogger(__name__)
+
+API_VERSIONS: Final = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+WARNING_MAX: Final = 512
+
+OutcomeKind = Literal["mutated", "unchanged", "skipped", "error"]
+
+
+class BadReview(ValueError):
+    """The body is not an AdmissionReview we can answer; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    api_version: str
+    uid: str
+    operation: str
+    kind: str
+    namespace: str
+    object: dict[str, Any]
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the core decided for one pod (everything `preview --explain` shows)."""
+
+    kind: OutcomeKind
+    reason: SkipReason | None = None
+    detail: str = ""
+    key: str | None = None
+    policy: Policy | None = None
+    before: Mapping[str, Any] = field(default_factory=dict)
+    after: Mapping[str, Any] = field(default_factory=dict)
+    patch: list[dict[str, Any]] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Review:
+    response: dict[str, Any]
+    decision: Decision
+
+
+def parse_review(body: Any) -> AdmissionRequest:
+    """Validate the AdmissionReview envelope (never the pod: it stays a raw dict)."""
+    if not isinstance(body, Mapping):
+        raise BadReview("expected a JSON object (an AdmissionReview)")
+    api_version = body.get("apiVersion")
+    if api_version not in API_VERSIONS:
+        raise BadReview(f"apiVersion must be one of {list(API_VERSIONS)}, got {api_version!r}")
+    if body.get("kind") != "AdmissionReview":
+        raise BadReview(f"kind must be 'AdmissionReview', got {body.get('kind')!r}")
+    request = body.get("request")
+    if not isinstance(request, Mapping):
+        raise BadReview("request: missing or not an object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise BadReview("request.uid: missing or not a string")
+    kind = request.get("kind")
+    kind_name = kind.get("kind") if isinstance(kind, Mapping) else None
+    if not isinstance(kind_name, str):
+        raise BadReview("request.kind.kind: missing or not a string")
+    operation = request.get("operation")
+    if not isinstance(operation, str):
+        raise BadReview("request.operation: missing or not a string")
+    obj = request.get("object")
+    if obj is not None and not isinstance(obj, dict):
+        raise BadReview("request.object: not an object")
+    namespace = request.get("namespace") or ""
+    if not isinstance(namespace, str):
+        raise BadReview("request.namespace: not a string")
+    if not namespace and isinstance(obj, Mapping):
+        meta = obj.get("metadata")
+        if isinstance(meta, Mapping) and isinstance(meta.get("namespace"), str):
+            namespace = meta["namespace"]
+    return AdmissionRequest(
+        api_version=str(api_version),
+        uid=uid,
+        operation=operation,
+        kind=kind_name,
+        namespace=namespace,
+        object=obj or {},
+        dry_run=bool(request.get("dryRun", False)),
+    )
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= WARNING_MAX else text[: WARNING_MAX - 3] + "..."
+
+
+def decide(
+    pod: Mapping[str, Any],
+    *,
+    namespace: str,
+    config: ClusterConfig,
+    namespace_annotations: Mapping[str, str] | None,
+) -> Decision:
+    """Decide and mutate one pod. Never raises Skip: a skip is a Decision."""
+    policy: Policy | None = None
+    try:
+        check_pod(pod, namespace=namespace, excluded=config.excludedNamespaces)
+        _, annotations = metadata(pod)
+        policy = resolve_policy(
+            cluster=config,
+            namespace_annotations=namespace_annotations,
+            pod_annotations=annotations,
+            namespace=namespace,
+        )
+        if policy.skip is not None:
+            raise Skip(policy.skip)
+        source = check_source(find_model_source(pod))
+        kserve_pending = (
+            source.origin is Origin.KSERVE
+            and find_init_container(pod, names.STORAGE_INITIALIZER) is None
+        )
+        if kserve_pending and not config.injectWithoutKServe:
+            raise Skip(SkipReason.AWAITING_KSERVE, "KServe's pod mutator has not run yet")
+        after = mutate(pod, policy, source=source, config=config, namespace=namespace)
+    except Skip as skip:
+        warnings = policy.warnings if policy else ()
+        if skip.reason in (SkipReason.INVALID_ANNOTATION, SkipReason.VOLUME_CONFLICT) or (
+            skip.reason is SkipReason.FOREIGN_MODEL_MOUNT
+        ):
+            warnings = (*warnings, f"kserve-cache: pod admitted without the cache: {skip}")
+        return Decision(
+            kind="skipped",
+            reason=skip.reason,
+            detail=skip.detail,
+            policy=policy,
+            before=pod,
+            after=pod,
+            warnings=tuple(_truncate(w) for w in warnings),
+        )
+    key = fetch_spec(pod, policy, source=source, config=config, namespace=namespace).key
+    patch = make_patch(pod, after)
+    return Decision(
+        kind="mutated" if patch else "unchanged",
+        key=key,
+        policy=policy,
+        before=pod,
+        after=after,
+        patch=patch,
+        warnings=tuple(_truncate(w) for w in policy.warnings),
+    )
+
+
+def _response(request: AdmissionRequest, decision: Decision, *, allowed: bool) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": request.uid, "allowed": allowed}
+    if decision.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = encode_patch(decision.patch)
+    if decision.warnings:
+        response["warnings"] = list(decision.warnings)
+    audit: dict[str, str] = {}
+    if decision.key:
+        audit["cache-key"] = decision.key
+    if decision.reason:
+        audit["skip-reason"] = decision.reason.value
+    if audit:
+        response["auditAnnotations"] = audit
+    if not allowed:
+        response["status"] = {
+            "code": 500,
+            "message": "kserve-cache could not apply the model cache and is set to refuse pods "
+            "(onError: refuse)",
+        }
+    return {"apiVersion": request.api_version, "kind": "AdmissionReview", "response": response}
+
+
+def review(
+    request: AdmissionRequest,
+    *,
+    config: ClusterConfig,
+    namespace: NamespaceView | None = None,
+) -> Review:
+    """Answer one admission request."""
+    if request.kind != "Pod" or request.operation != "CREATE":
+        decision = Decision(
+            kind="skipped",
+            reason=SkipReason.NOT_POD_CREATE,
+            detail=f"{request.operation} {request.kind}",
+        )
+        return Review(_response(request, decision, allowed=True), decision)
+    annotations = namespace.annotations if namespace else None
+    extra = (namespace.warning,) if namespace and namespace.warning else ()
+    try:
+        decision = decide(
+            request.object,
+            namespace=request.namespace,
+            config=config,
+            namespace_annotations=annotations,
+        )
+    except Exception as exc:  # the cache is an optimisation: fail open, loudly
+        logger.exception("internal error reviewing pod in namespace %s", request.namespace)
+        message = f"kserve-cache: internal error, pod admitted without the cache: {exc}"
+        decision = Decision(kind="error", detail=str(exc), warnings=(_truncate(message),))
+        allowed = config.onError == "admit"
+        return Review(_response(request, decision, allowed=allowed), decision)
+    if extra and decision.kind != "skipped":
+        decision = Decision(**{**decision.__dict__, "warnings": (*extra, *decision.warnings)})
+    return Review(_response(request, decision, allowed=True), decision)
+
+
+def review_body(
+    body: Any,
+    *,
+    config: ClusterConfig,
+    namespace: NamespaceView | None = None,
+) -> Review:
+    """`parse_review` then `review`: raises BadReview for a malformed envelope."""
+    return review(parse_review(body), config=config, namespace=namespace)

@@ -1,0 +1,138 @@
+"""Which pods the webhook caches, and where their model comes from (pure)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from webhook import names
+from webhook.skips import Skip, SkipReason
+
+# The URI formats of KServe's default ClusterStorageContainer, plus file:// for local stores.
+SUPPORTED_SCHEMES: Final = frozenset(
+    {"gs", "s3", "hdfs", "webhdfs", "hf", "modelscope", "http", "https", "file"}
+)
+MAX_URI_LEN: Final = 2048
+_BAD_URI_CHARS: Final = re.compile(r"[\x00-\x20\x7f-\x9f\"'`\\<>{}|^]")
+
+
+class Origin(StrEnum):
+    ANNOTATION = "annotation"  # cache.kserve.io/storage-uri
+    KSERVE = "kserve"  # KServe's storage-initializer-sourceuri annotation
+    KSERVE_ARGS = "kserve-args"  # the args of KServe's storage-initializer
+    STATUS = "status"  # our own status annotation, from an earlier pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    uri: str
+    origin: Origin
+
+
+def metadata(pod: Mapping[str, Any]) -> tuple[Mapping[str, str], Mapping[str, str]]:
+    """(labels, annotations) of a pod, empty when missing or malformed."""
+    meta = pod.get("metadata")
+    if not isinstance(meta, Mapping):
+        return {}, {}
+    labels = meta.get("labels")
+    annotations = meta.get("annotations")
+    return (
+        labels if isinstance(labels, Mapping) else {},
+        annotations if isinstance(annotations, Mapping) else {},
+    )
+
+
+def find_init_container(pod: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping):
+        return None
+    for container in spec.get("initContainers") or ():
+        if isinstance(container, dict) and container.get("name") == name:
+            return container
+    return None
+
+
+def check_pod(pod: Mapping[str, Any], *, namespace: str, excluded: frozenset[str]) -> None:
+    """Raise Skip unless this is a KServe predictor pod the webhook may consider."""
+    if namespace in excluded:
+        raise Skip(SkipReason.EXCLUDED_NAMESPACE, namespace)
+    labels, _ = metadata(pod)
+    if names.ISVC_LABEL not in labels:
+        raise Skip(SkipReason.NOT_KSERVE, f"no {names.ISVC_LABEL} label")
+    component = labels.get(names.COMPONENT_LABEL)
+    if component != names.PREDICTOR:
+        raise Skip(SkipReason.NOT_PREDICTOR, f"component={component}")
+    if names.KSERVE_LOCALMODEL_LABEL in labels:
+        raise Skip(SkipReason.LOCAL_MODEL_CACHE, "served from KServe's LocalModelCache")
+
+
+def validate_uri(uri: str) -> str | None:
+    """None for a URI the cache can take, else why not."""
+    if not uri or len(uri) > MAX_URI_LEN:
+        return f"must be 1 to {MAX_URI_LEN} characters"
+    if _BAD_URI_CHARS.search(uri):
+        return "contains spaces, quotes, braces or control characters"
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in SUPPORTED_SCHEMES:
+        return f"scheme {parts.scheme or '(none)'!r} is not one of {sorted(SUPPORTED_SCHEMES)}"
+    if not (parts.netloc or parts.path.strip("/")):
+        return "names no bucket, host or path"
+    if ".." in parts.path.split("/"):
+        return "contains a '..' path segment"
+    return None
+
+
+def find_model_source(pod: Mapping[str, Any]) -> ModelSource | None:
+    """The storage URI: ours, else KServe's annotation, else the args of KServe's initializer."""
+    _, annotations = metadata(pod)
+    ours = annotations.get(names.STORAGE_URI)
+    if ours is not None:
+        return ModelSource(str(ours), Origin.ANNOTATION)
+    kserve = annotations.get(names.KSERVE_SOURCE_URI)
+    if kserve:
+        return ModelSource(str(kserve), Origin.KSERVE)
+    initializer = find_init_container(pod, names.STORAGE_INITIALIZER)
+    if initializer is not None:
+        args = initializer.get("args") or []
+        if args and isinstance(args[0], str) and args[0] != "fetch":
+            return ModelSource(args[0], Origin.KSERVE_ARGS)
+        status = _status_uri(annotations.get(names.STATUS))
+        if status is not None:
+            return ModelSource(status, Origin.STATUS)
+    return None
+
+
+def _status_uri(raw: object) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    uri = data.get("uri") if isinstance(data, dict) else None
+    return uri if isinstance(uri, str) else None
+
+
+def check_source(source: ModelSource | None) -> ModelSource:
+    """Raise Skip for sources the cache must not take (pvc://, oci://, unknown, hostile)."""
+    if source is None:
+        raise Skip(SkipReason.NO_STORAGE_URI)
+    scheme = urlsplit(source.uri).scheme.lower()
+    if scheme == "pvc":
+        raise Skip(SkipReason.PVC_URI, "the model is already on a volume")
+    if scheme == "oci":
+        raise Skip(SkipReason.MODELCAR_URI, "served by KServe's modelcar")
+    problem = validate_uri(source.uri)
+    if problem is not None:
+        reason = (
+            SkipReason.INVALID_ANNOTATION
+            if source.origin is Origin.ANNOTATION
+            else SkipReason.UNSUPPORTED_URI
+        )
+        raise Skip(reason, f"storage URI {problem}")
+    return source

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, str] = {
+    "fetch": "webhook.cli.fetch",
     "serve": "webhook.cli.serve",
     "certs": "webhook.cli.certs",
 }

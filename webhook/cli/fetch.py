@@ -1,0 +1,179 @@
+"""`kserve-cache fetch`: the init container. Hit, or single-flight download, then serve or copy.
+
+Prints one JSON result line on stdout; on failure also writes a human message to the
+termination-message file (shown by `kubectl describe pod`) and exits with the class's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
+PAUSE_ENV: Final = "KSERVE_CACHE_TEST_PAUSE_AT"
+"""Test hook: `<phase>[=<seconds>]` makes the lease holder sleep at that phase (see tests)."""
+
+
+def add_parser(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "fetch",
+        help="init container: serve a model from the cache, downloading it once on a miss",
+        description="Make <cache-root>/models/<key> hold the model at --uri: a hit, or one "
+        "download shared by all pods that start at once (single-flight lease), published "
+        "with an atomic rename. Prints one JSON result line.",
+    )
+    p.add_argument("--uri", required=True, help="model URI, any scheme KServe supports")
+    p.add_argument("--cache-root", required=True, type=Path, help="mount path of the cache PVC")
+    p.add_argument("--key", required=True, help="cache key; must equal cache_key(uri, revision)")
+    p.add_argument("--revision", default="", help="revision, part of the key (default none)")
+    p.add_argument("--copy-to", type=Path, help="copy mode: copy the entry into this folder")
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=120.0,
+        help="seconds without heartbeat after which a lease is broken (default 120)",
+    )
+    p.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds to wait for another pod's download (default 3600)",
+    )
+    p.add_argument(
+        "--termination-log",
+        default=DEFAULT_TERMINATION_LOG,
+        help=f"file for the failure message (default {DEFAULT_TERMINATION_LOG})",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from webhook.cache.copy import copy_entry
+    from webhook.cache.download import default_downloader
+    from webhook.cache.fetch import ErrorKind, FetchError, fetch_entry
+    from webhook.cache.layout import Layout
+
+    # A deleted pod gets SIGTERM: unwind so the staging folder is removed and the lease freed.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    start = time.monotonic()
+    root: Path = args.cache_root
+    try:
+        if not root.is_dir():
+            raise FetchError(
+                ErrorKind.CACHE_NOT_WRITABLE,
+                f"cache root {root} is not a directory: is the cache PVC mounted there?",
+            )
+        result = fetch_entry(
+            Layout(root),
+            uri=args.uri,
+            key=args.key,
+            revision=args.revision,
+            downloader=default_downloader(),
+            lease_ttl=args.lease_ttl,
+            wait_timeout=args.wait_timeout,
+            on_phase=_pause_hook(os.environ.get(PAUSE_ENV, "")),
+        )
+        line: dict[str, Any] = {
+            "outcome": result.outcome,
+            "key": result.key,
+            "uri": result.uri,
+            "revision": result.revision,
+            "bytes": result.bytes,
+            "files": result.files,
+            "seconds": round(result.seconds, 3),
+            "download_seconds": round(result.download_seconds, 3),
+            "path": str(result.path),
+        }
+        if args.copy_to is not None:
+            began = time.monotonic()
+            try:
+                stats = copy_entry(result.path, args.copy_to)
+            except OSError as exc:
+                raise _copy_error(exc, args.copy_to) from exc
+            line["copied_to"] = str(args.copy_to)
+            line["copy_seconds"] = round(time.monotonic() - began, 3)
+            line["copied_bytes"] = stats.bytes
+            line["seconds"] = round(time.monotonic() - start, 3)
+    except FetchError as exc:
+        return _fail(args, exc.kind.value, exc.kind.exit_code, exc.message, start)
+    except Exception as exc:  # the init container must always leave a readable reason
+        logger.exception("fetch failed unexpectedly")
+        kind = ErrorKind.DOWNLOAD_FAILED
+        return _fail(args, kind.value, kind.exit_code, f"unexpected error: {exc}", start)
+    _emit(line)
+    return 0
+
+
+def _copy_error(exc: OSError, dest: Path) -> Exception:
+    import errno
+
+    from webhook.cache.fetch import ErrorKind, FetchError
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FetchError(ErrorKind.DISK_FULL, f"no space left in {dest} while copying the model")
+    return FetchError(ErrorKind.DOWNLOAD_FAILED, f"copying the model to {dest} failed: {exc}")
+
+
+def _fail(args: argparse.Namespace, kind: str, code: int, message: str, start: float) -> int:
+    logger.error("%s", message)
+    _emit(
+        {
+            "outcome": "error",
+            "error": kind,
+            "exit_code": code,
+            "message": message,
+            "key": args.key,
+            "uri": args.uri,
+            "revision": args.revision,
+            "bytes": 0,
+            "seconds": round(time.monotonic() - start, 3),
+        }
+    )
+    _write_termination_message(args.termination_log, f"kserve-cache fetch: {kind}: {message}")
+    return code
+
+
+def _emit(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _write_termination_message(path: str, message: str) -> None:
+    # Kubernetes provides the default file; outside a pod we must not create one in /dev.
+    flags = os.O_WRONLY | os.O_TRUNC
+    if path != DEFAULT_TERMINATION_LOG:
+        flags |= os.O_CREAT
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        logger.debug("no termination message written to %s: %s", path, exc)
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(message[:4000] + "\n")  # Kubernetes keeps at most 4096 bytes
+
+
+def _pause_hook(spec: str) -> Any:
+    if not spec:
+        return None
+    phase, _, seconds = spec.partition("=")
+    delay = float(seconds or "60")
+
+    def pause(name: str) -> None:
+        if name == phase:
+            logger.warning("test hook %s: pausing %.1fs at phase %s", PAUSE_ENV, delay, name)
+            time.sleep(delay)
+
+    return pause
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    sys.exit(128 + signum)

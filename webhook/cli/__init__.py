@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "fetch": "webhook.cli.fetch",
     "serve": "webhook.cli.serve",
     "certs": "webhook.cli.certs",
+    "gc": "webhook.cli.gc",
+    "stats": "webhook.cli.stats",
 }
 
 

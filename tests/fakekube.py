@@ -272,7 +272,9 @@ class FakeKube:
         *,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        quiet: bool = False,
     ) -> dict[str, Any]:
+        """`quiet`: no watch event (a watch that lags; with `compact()`, one that missed it)."""
         with self._lock:
             if name in self._namespaces:
                 raise ValueError(f"namespace {name!r} exists")
@@ -292,7 +294,7 @@ class FakeKube:
                 "status": {"phase": "Active"},
             }
             self._namespaces[name] = obj
-            self._emit(Event(rv, "ADDED", copy.deepcopy(obj)))
+            self._emit(Event(rv, "ADDED", copy.deepcopy(obj)), quiet=quiet)
             return copy.deepcopy(obj)
 
     def modify_namespace(
@@ -301,6 +303,7 @@ class FakeKube:
         *,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        quiet: bool = False,
     ) -> dict[str, Any]:
         """Replace the given maps (None leaves one as it is)."""
         with self._lock:
@@ -312,15 +315,15 @@ class FakeKube:
                 meta["labels"] = {"kubernetes.io/metadata.name": name, **labels}
             if annotations is not None:
                 meta["annotations"] = dict(annotations)
-            self._emit(Event(rv, "MODIFIED", copy.deepcopy(obj)))
+            self._emit(Event(rv, "MODIFIED", copy.deepcopy(obj)), quiet=quiet)
             return copy.deepcopy(obj)
 
-    def delete_namespace(self, name: str) -> None:
+    def delete_namespace(self, name: str, *, quiet: bool = False) -> None:
         with self._lock:
             obj = self._namespaces.pop(name)
             rv = self._next_rv()
             obj["metadata"]["resourceVersion"] = str(rv)
-            self._emit(Event(rv, "DELETED", copy.deepcopy(obj)))
+            self._emit(Event(rv, "DELETED", copy.deepcopy(obj)), quiet=quiet)
 
     def set_pods(self, pods: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -375,8 +378,9 @@ class FakeKube:
         self._rv += 1
         return self._rv
 
-    def _emit(self, event: Event) -> None:
-        self._history.append(event)
+    def _emit(self, event: Event, *, quiet: bool = False) -> None:
+        if not quiet:
+            self._history.append(event)
         self._lock.notify_all()
 
     def _record(self, request: Request) -> None:

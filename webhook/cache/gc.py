@@ -24,6 +24,7 @@ from webhook.cache.layout import (
     read_manifest,
     read_usage,
 )
+from webhook.cache.lease import break_if_stale
 from webhook.keys import is_valid_key
 
 logger = logging.getLogger(__name__)
@@ -508,7 +509,8 @@ def execute(
     for name in plan.stale_staging:
         _remove_staging(layout, name, budget=budget, clock=clock, outcome=outcome)
     for key in plan.dead_leases:
-        if _remove_dead_lease(layout, key, ttl=budget.lease_ttl, clock=clock):
+        # The fetchers' own protocol: renamed to a tombstone, linked back if it changed hands.
+        if break_if_stale(layout, key, ttl=budget.lease_ttl, now=clock()):
             outcome.leases_removed.append(key)
     for name in plan.old_trash:
         remove_tree(layout.trash / name)
@@ -583,32 +585,3 @@ def _remove_staging(
         return
     remove_tree(trash)
     outcome.staging_removed.append(name)
-
-
-def _remove_dead_lease(layout: Layout, key: str, *, ttl: float, clock: Callable[[], float]) -> bool:
-    """Remove a lease whose heartbeat stopped, never one that was renewed or re-taken since.
-
-    The lease is first renamed aside, then checked: if it turns out to be a different (new)
-    file or a fresh heartbeat, it is linked back (unless someone took the key meanwhile).
-    """
-    path = layout.lock(key)
-    try:
-        seen = path.stat()
-    except FileNotFoundError:
-        return False
-    if clock() - seen.st_mtime <= ttl:
-        return False
-    aside = layout.locks / f".{key}.{int(clock())}.dead"
-    try:
-        path.rename(aside)
-    except FileNotFoundError:
-        return False
-    now = aside.stat()
-    if now.st_ino != seen.st_ino or clock() - now.st_mtime <= ttl:
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, path)
-        aside.unlink()
-        return False
-    aside.unlink()
-    logger.info("removed the dead lease of %s", key)
-    return True

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "certs": "webhook.cli.certs",
     "gc": "webhook.cli.gc",
     "stats": "webhook.cli.stats",
+    "warm": "webhook.cli.warm",
 }
 
 

@@ -37,6 +37,16 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path, help="cluster config YAML (reloaded on change)")
     p.add_argument(
+        "--kubeconfig",
+        help="watch Namespace annotations through this kubeconfig (default: in-cluster "
+        "service account when running in a pod, else no cluster: namespace policy off)",
+    )
+    p.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="never contact a cluster: namespace policy off",
+    )
+    p.add_argument(
         "--reload-interval",
         type=float,
         default=2.0,
@@ -113,8 +123,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"serve: {exc}", file=sys.stderr)  # noqa: T201
         return 2
 
+    from prometheus_client import CollectorRegistry
+
+    from webhook.namespaces import namespace_source_from_environment
+
+    registry = CollectorRegistry()
+    try:
+        namespaces = namespace_source_from_environment(
+            registry=registry,
+            kubeconfig=None if args.no_cluster else args.kubeconfig,
+            in_cluster=False if args.no_cluster else None,
+        )
+    except Exception as exc:  # unreadable kubeconfig, no service account ...
+        print(f"serve: cannot reach a cluster for namespace policy: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+
     app = create_app(
-        store=store, max_body=args.max_body_bytes, reload_interval=args.reload_interval
+        store=store,
+        namespaces=namespaces,
+        registry=registry,
+        max_body=args.max_body_bytes,
+        reload_interval=args.reload_interval,
     )
     config = uvicorn.Config(
         app,
@@ -136,9 +165,11 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         watcher = asyncio.create_task(reloader.run(args.reload_interval))
+        namespaces.start()
         try:
             await server.serve()
         finally:
+            await asyncio.to_thread(namespaces.stop)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

@@ -285,6 +285,11 @@ def _download_and_publish(
         )
     phase("published")
     _record(layout, key, "miss")
+    # A holder we took over from left its staging folder behind; it is dead by now.
+    try:
+        clean_stale(layout, ttl=ttl)
+    except OSError as exc:
+        logger.warning("could not clean stale staging folders: %s", exc)
     logger.info("published %s (%d bytes, %d files)", key, manifest.bytes, len(files))
     return FetchResult(
         outcome="miss",

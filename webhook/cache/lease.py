@@ -30,12 +30,14 @@ def new_holder_id() -> str:
 
 @dataclass(frozen=True)
 class Lease:
-    """A lease this process created; `inode` tells it apart from a later lease on the same key."""
+    """A lease this process created; the unique `holder` id tells it apart from a later one.
+
+    (Not the inode: a deleted lease's inode number is reused at once by the next lease.)
+    """
 
     layout: Layout
     key: str
     holder: str
-    inode: int
 
     @property
     def path(self) -> Path:
@@ -44,7 +46,7 @@ class Lease:
     def is_mine(self) -> bool:
         """True while the lease file on the volume is still the one this process created."""
         try:
-            return self.path.stat().st_ino == self.inode
+            return _holder_of(self.path.read_text(encoding="utf-8")) == self.holder
         except FileNotFoundError:
             return False
 
@@ -74,7 +76,6 @@ def try_acquire(layout: Layout, key: str, *, holder: str, now: float | None = No
         body = json.dumps({"holder": holder, "created": time.time() if now is None else now})
         os.write(fd, body.encode())
         os.fsync(fd)
-        inode = os.fstat(fd).st_ino
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -82,7 +83,7 @@ def try_acquire(layout: Layout, key: str, *, holder: str, now: float | None = No
         raise
     os.close(fd)
     logger.debug("lease %s taken by %s", key, holder)
-    return Lease(layout=layout, key=key, holder=holder, inode=inode)
+    return Lease(layout=layout, key=key, holder=holder)
 
 
 def _tombstone(layout: Layout, key: str) -> Path:
@@ -143,7 +144,7 @@ def release(lease: Lease) -> bool:
     except FileNotFoundError:
         return False
     try:
-        if tomb.stat().st_ino != lease.inode:
+        if _holder_of(tomb.read_text(encoding="utf-8")) != lease.holder:
             with contextlib.suppress(FileExistsError):
                 os.link(tomb, lease.path)
             logger.warning("lease %s was no longer ours at release", lease.key)

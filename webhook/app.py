@@ -161,7 +161,7 @@ def create_app(
         if raw is None:
             return _http_error(state, 413, "too-large", f"body larger than {state.max_body} bytes")
         try:
-            body = json.loads(raw)
+            body = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             return _http_error(state, 400, "encoding", "body is not UTF-8")
         except RecursionError:

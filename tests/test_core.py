@@ -1,0 +1,307 @@
+"""The pure core: cache keys, order convergence beside KServe's pod mutator, hostile values,
+invariants."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.golden_cases import make_review
+from tests.podrules import pod_rule_errors, schema_errors
+from webhook import names
+from webhook.clusterconfig import ClusterConfig, parse_config
+from webhook.keys import cache_key, is_valid_key, normalize_uri
+from webhook.namespaces import NamespaceView
+from webhook.review import decide, review_body
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden_input(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((GOLDEN / name / "input.json").read_text())
+    return data
+
+
+BEFORE = golden_input("01-kserve-before-gs")  # what KServe's pod mutator receives
+AFTER_KSERVE = golden_input("02-kserve-after-gs")  # what it makes of it
+
+
+def kserve_mutator(pod: dict[str, Any]) -> dict[str, Any]:
+    """KServe's pod mutator as the fixtures show it: inject unless a storage-initializer exists."""
+    spec = pod.get("spec", {})
+    if any(c.get("name") == "storage-initializer" for c in spec.get("initContainers") or []):
+        return pod
+    out = copy.deepcopy(pod)
+    uri = out["metadata"]["annotations"][names.KSERVE_SOURCE_URI]
+    injected = copy.deepcopy(AFTER_KSERVE["spec"]["initContainers"][0])
+    injected["args"] = [uri, "/mnt/models"]
+    out["spec"].setdefault("initContainers", []).append(injected)
+    out["spec"].setdefault("volumes", []).append({"name": names.PROVISION_VOLUME, "emptyDir": {}})
+    for container in out["spec"]["containers"]:
+        if container["name"] == "kserve-container":
+            container.setdefault("volumeMounts", []).append(
+                {"name": names.PROVISION_VOLUME, "mountPath": "/mnt/models", "readOnly": True}
+            )
+    return out
+
+
+def ours(pod: dict[str, Any], config: ClusterConfig | None = None) -> dict[str, Any]:
+    decision = decide(
+        pod, namespace="default", config=config or ClusterConfig(), namespace_annotations=None
+    )
+    return dict(decision.after)
+
+
+def run_chain(pod: dict[str, Any], order: list[str], config: ClusterConfig | None = None) -> Any:
+    """Apply webhooks in `order`, re-invoking until nothing changes (reinvocationPolicy)."""
+    steps = {"kserve": kserve_mutator, "ours": lambda p: ours(p, config)}
+    for _ in range(3):
+        before = pod
+        for name in order:
+            pod = steps[name](pod)
+        if pod == before:
+            return pod
+    raise AssertionError("webhooks did not converge")
+
+
+def test_kserve_fixture_emulation_matches_fixture() -> None:
+    assert kserve_mutator(BEFORE) == AFTER_KSERVE
+
+
+def test_order_b_kserve_first_then_us() -> None:
+    result = run_chain(BEFORE, ["kserve", "ours"])
+    assert result == ours(AFTER_KSERVE)
+    init = result["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["storage-initializer"]
+    assert init[0]["command"] == ["kserve-cache"]
+    # KServe's env vars are kept on the taken-over init container
+    assert {e["name"] for e in AFTER_KSERVE["spec"]["initContainers"][0]["env"]} <= {
+        e["name"] for e in init[0]["env"]
+    }
+
+
+def test_order_a_we_are_called_first_and_converge_on_reinvocation() -> None:
+    first = ours(BEFORE)
+    assert first == BEFORE  # awaiting-kserve: untouched
+    decision = decide(
+        BEFORE, namespace="default", config=ClusterConfig(), namespace_annotations=None
+    )
+    assert decision.reason is not None
+    assert decision.reason.value == "awaiting-kserve"
+    assert run_chain(BEFORE, ["ours", "kserve"]) == run_chain(BEFORE, ["kserve", "ours"])
+
+
+def test_order_c_kserve_reinvoked_after_us_does_nothing() -> None:
+    mutated = ours(AFTER_KSERVE)
+    assert kserve_mutator(mutated) == mutated
+    assert ours(kserve_mutator(mutated)) == mutated
+
+
+def test_inject_without_kserve_injects_at_once_and_kserve_then_skips() -> None:
+    config = parse_config("injectWithoutKServe: true")
+    first = ours(BEFORE, config)
+    assert first != BEFORE
+    assert kserve_mutator(first) == first
+    assert run_chain(BEFORE, ["ours", "kserve"], config) == first
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("s3://bucket/model", "s3://bucket/model/"),
+        ("S3://bucket/model", "s3://bucket/model"),
+        ("https://Example.COM/m.tar.gz", "https://example.com/m.tar.gz"),
+        ("  gs://b/m  ", "gs://b/m"),
+    ],
+)
+def test_cache_key_normalizes_equivalent_uris(a: str, b: str) -> None:
+    assert cache_key(a) == cache_key(b)
+
+
+def test_cache_key_shape_and_sensitivity() -> None:
+    key = cache_key("s3://bucket/Models/BERT_base.v2/", "r1")
+    assert key.startswith("bert-base-v2-")
+    assert is_valid_key(key)
+    assert len(key.rsplit("-", 1)[1]) == 16
+    assert cache_key("s3://bucket/m", "r1") != cache_key("s3://bucket/m", "r2")
+    assert cache_key("s3://bucket/m") != cache_key(
+        "s3://bucket/M"
+    )  # object stores are case-sensitive
+    assert len(cache_key("s3://b/" + "x" * 200)) == 40 + 1 + 16
+    assert is_valid_key(cache_key("s3://b/___"))  # nothing readable left: the hash alone
+    assert normalize_uri("hf://Org/Model") == "hf://Org/Model"
+    for bad in ("../x", "a/b", "A-0123456789abcdef", "", "x-0123"):
+        assert not is_valid_key(bad)
+
+
+HOSTILE = [
+    "a\nb: c",
+    "x\r\ninjected: true",
+    "{{ .Values.evil }}",
+    "${CACHE_KEY}",
+    "'\"`$(rm -rf /)`",
+    "../../../etc/passwd",
+    "x" * 10_000,
+    "\u202etxt.exe",
+    "名前",
+    "- item\n- item2",
+    "key: [1, {a: b}]",
+    "\x00nul",
+]
+SETTABLE = ["pvc", "secret", "revision", "serving-mode", "storage-uri", "enabled"]
+
+
+def shape(value: Any) -> Any:
+    """The structure of a value: mappings and lists kept, every leaf replaced by its type."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def strip_status(pod: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(pod)
+    out["metadata"]["annotations"] = {
+        k: v for k, v in out["metadata"]["annotations"].items() if not k.startswith(names.PREFIX)
+    }
+    return out
+
+
+BASE = golden_input("02-kserve-after-gs")
+
+
+@pytest.mark.parametrize("setting", SETTABLE)
+@pytest.mark.parametrize("value", HOSTILE, ids=lambda v: repr(v[:12]))
+def test_hostile_annotation_values_never_change_structure(setting: str, value: str) -> None:
+    pod = copy.deepcopy(BASE)
+    pod["metadata"]["annotations"][names.PREFIX + setting] = value
+    body = make_review(pod, namespace="default")
+    result = review_body(body, config=ClusterConfig(), namespace=None)
+    decision = result.decision
+    benign = dict(
+        decide(BASE, namespace="default", config=ClusterConfig(), namespace_annotations=None).after
+    )
+    if decision.kind == "mutated":
+        assert shape(strip_status(dict(decision.after))) == shape(strip_status(benign))
+        dumped = json.dumps(decision.after)
+        # a rejected value appears nowhere in the injected pod but in its own annotation
+        assert dumped.count(json.dumps(value)[1:-1]) <= 1 + (
+            setting in ("secret", "revision")
+            and decision.policy is not None
+            and value in (decision.policy.secret, decision.policy.revision)
+        )
+        assert pod_rule_errors(dict(decision.after)) == []
+        assert schema_errors(dict(decision.after)) is None
+    else:
+        assert decision.after == pod
+        assert result.response["response"]["allowed"] is True
+    assert decision.warnings, "a hostile value must be reported"
+    assert all(len(w) <= 512 for w in decision.warnings)
+
+
+def test_hostile_namespace_values_are_reported_and_ignored() -> None:
+    view = NamespaceView(
+        name="team",
+        annotations={
+            names.POLICY: "forced\nextra: 1",
+            names.PVC: "{{ x }}",
+            names.FS_GROUP: "0x10",
+            names.POD_OVERRIDES: "pvc,image",
+        },
+    )
+    body = make_review(BASE, namespace="team")
+    decision = review_body(body, config=ClusterConfig(), namespace=view).decision
+    assert decision.kind == "mutated"  # the pod opted in; namespace values fell back
+    assert decision.policy is not None
+    assert decision.policy.pvc == "kserve-model-cache"
+    assert decision.policy.fs_group == 1000
+    assert len(decision.warnings) == 4
+    assert all("'team'" in w for w in decision.warnings)
+
+
+def test_unknown_fields_survive() -> None:
+    pod = copy.deepcopy(BASE)
+    pod["spec"]["futureField"] = {"nested": [1, 2]}
+    pod["spec"]["containers"][0]["futureContainerField"] = "x"
+    pod["spec"]["initContainers"][0]["futureInitField"] = True
+    pod["metadata"]["futureMeta"] = "y"
+    after = ours(pod)
+    assert after["spec"]["futureField"] == {"nested": [1, 2]}
+    assert after["spec"]["containers"][0]["futureContainerField"] == "x"
+    assert after["spec"]["initContainers"][0]["futureInitField"] is True
+    assert after["metadata"]["futureMeta"] == "y"
+
+
+def test_template_placeholders_are_filled_once() -> None:
+    config = parse_config(
+        "initContainer:\n"
+        "  env:\n"
+        "  - {name: CACHE_KEY, value: '${CACHE_KEY}'}\n"
+        "  - {name: WHO, value: '${INFERENCE_SERVICE}/${NAMESPACE}/${UNKNOWN}'}\n"
+        "  extraArgs: ['--log-level=debug', '--tag=${REVISION}']\n"
+    )
+    pod = copy.deepcopy(BASE)
+    pod["metadata"]["annotations"][names.REVISION] = "v1"
+    pod["metadata"]["labels"][names.ISVC_LABEL] = "${CACHE_KEY}"
+    after = ours(pod, config)
+    init = after["spec"]["initContainers"][0]
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    status = json.loads(after["metadata"]["annotations"][names.STATUS])
+    assert env["CACHE_KEY"] == status["key"]
+    assert env["WHO"] == "${CACHE_KEY}/default/${UNKNOWN}"  # a label value is not expanded again
+    assert init["args"][-2:] == ["--log-level=debug", "--tag=v1"]
+
+
+def test_existing_fsgroup_change_policy_is_kept() -> None:
+    pod = copy.deepcopy(BASE)
+    pod["spec"]["securityContext"] = {"fsGroup": 7, "fsGroupChangePolicy": "Always"}
+    after = ours(pod)
+    assert after["spec"]["securityContext"] == {"fsGroup": 7, "fsGroupChangePolicy": "Always"}
+
+
+def test_non_pod_and_non_create_requests_pass_through() -> None:
+    body = make_review(BASE, namespace="default")
+    body["request"]["operation"] = "UPDATE"
+    result = review_body(body, config=ClusterConfig())
+    assert result.response["response"] == {
+        "uid": body["request"]["uid"],
+        "allowed": True,
+        "auditAnnotations": {"skip-reason": "not-pod-create"},
+    }
+
+
+def test_v1beta1_is_answered_in_kind() -> None:
+    body = make_review(BASE, namespace="default")
+    body["apiVersion"] = "admission.k8s.io/v1beta1"
+    result = review_body(body, config=ClusterConfig())
+    assert result.response["apiVersion"] == "admission.k8s.io/v1beta1"
+    assert result.response["response"]["patchType"] == "JSONPatch"
+
+
+def test_excluded_namespace() -> None:
+    body = make_review(BASE, namespace="kube-system")
+    decision = review_body(body, config=ClusterConfig()).decision
+    assert decision.reason is not None
+    assert decision.reason.value == "excluded-namespace"
+
+
+def test_internal_error_admits_unchanged_or_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import webhook.review as review_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(review_module, "mutate", broken)
+    body = make_review(BASE, namespace="default")
+    admitted = review_body(body, config=ClusterConfig()).response["response"]
+    assert admitted["allowed"] is True
+    assert "patch" not in admitted
+    assert "boom" in admitted["warnings"][0]
+    refused = review_body(body, config=parse_config("onError: refuse")).response["response"]
+    assert refused["allowed"] is False
+    assert refused["status"]["code"] == 500

@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if api_client is not None:
             api_client.close()
+            # close() stops the thread pool only; drop the kept-alive connections too.
+            api_client.rest_client.pool_manager.clear()
 
     sys.stdout.write(ca_bundle_b64 + "\n")
     return EXIT_OK

@@ -23,6 +23,15 @@ from webhook.keys import is_valid_revision
 from webhook.skips import SkipReason
 
 MAX_VALUE_LEN: Final = 253
+# Keys only admins set (Namespace annotations, cluster config); a pod setting one is told so.
+ADMIN_ONLY: Final = ("policy", "fs-group", "pod-overrides")
+_CLUSTER_FIELDS: Final = (
+    ("policy", "policy"),
+    ("pvc", "pvc"),
+    ("serving-mode", "servingMode"),
+    ("fs-group", "fsGroup"),
+    ("pod-overrides", "podOverrides"),
+)
 T = TypeVar("T")
 
 
@@ -31,6 +40,29 @@ class Layer(StrEnum):
     CLUSTER = "cluster"
     NAMESPACE = "namespace"
     POD = "pod"
+
+    @property
+    def short(self) -> str:
+        """The compact name used in the status annotation."""
+        return _SHORT[self]
+
+
+_SHORT: Final = {
+    Layer.BUILTIN: "default",
+    Layer.CLUSTER: "cluster",
+    Layer.NAMESPACE: "ns",
+    Layer.POD: "pod",
+}
+# Settings shown by `status_sources`, and their compact names there.
+_STATUS_SETTINGS: Final = (
+    ("policy", "policy"),
+    ("enabled", "enabled"),
+    ("pvc", "pvc"),
+    ("serving-mode", "mode"),
+    ("secret", "secret"),
+    ("fs-group", "fsGroup"),
+    ("revision", "revision"),
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +96,19 @@ class Policy:
         }
         return [(k, str(v), self.sources.get(k, Layer.BUILTIN).value) for k, v in values.items()]
 
+    def status_sources(self) -> dict[str, str]:
+        """Which layer decided each setting, compactly, for `cache.kserve.io/status`.
+
+        `policy`, `pvc` and `mode` always; the others only when a layer set them, e.g.
+        `{"enabled": "pod", "mode": "cluster", "policy": "ns", "pvc": "ns"}`.
+        """
+        always = {"policy", "pvc", "serving-mode"}
+        return {
+            short: self.sources.get(setting, Layer.BUILTIN).short
+            for setting, short in _STATUS_SETTINGS
+            if setting in always or setting in self.sources
+        }
+
 
 def _parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
@@ -75,11 +120,17 @@ def _parse_bool(value: str) -> bool:
 
 
 def _parse_mode(value: str) -> PolicyMode:
-    return PolicyMode(value.strip())
+    try:
+        return PolicyMode(value.strip())
+    except ValueError:
+        raise ValueError(f"expected one of {', '.join(m.value for m in PolicyMode)}") from None
 
 
 def _parse_serving_mode(value: str) -> ServingMode:
-    return ServingMode(value.strip())
+    try:
+        return ServingMode(value.strip())
+    except ValueError:
+        raise ValueError(f"expected one of {', '.join(m.value for m in ServingMode)}") from None
 
 
 def _parse_name(value: str) -> str:
@@ -98,10 +149,14 @@ def _parse_fs_group(value: str) -> int:
 
 
 def _parse_overrides(value: str) -> frozenset[str]:
+    """A comma list of keys; empty or `none`: pods may set none of them."""
+    if value.strip().lower() == "none":
+        return frozenset()
     keys = frozenset(k.strip() for k in value.split(",") if k.strip())
     unknown = keys - names.OVERRIDABLE
     if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)}; allowed: pvc, secret, serving-mode")
+        allowed = ", ".join(sorted(names.OVERRIDABLE))
+        raise ValueError(f"unknown keys {sorted(unknown)}; allowed: {allowed} (or none)")
     return keys
 
 
@@ -135,6 +190,11 @@ class _Resolver:
             return current
         where = "namespace" if layer is Layer.NAMESPACE else "pod"
         key = names.PREFIX + setting
+        if not isinstance(raw, str):
+            self.warnings.append(
+                f"{key}: ignored the {where} value in namespace {self.namespace!r}: not a string"
+            )
+            return current
         if len(raw) > MAX_VALUE_LEN:
             self.warnings.append(
                 f"{key}: ignored the {where} value in namespace {self.namespace!r}: "
@@ -163,15 +223,10 @@ def resolve_policy(
     """Resolve the settings for one pod from the four layers."""
     ns = namespace_annotations or {}
     r = _Resolver(namespace)
+    # A setting the config file names is the cluster's, even when it repeats the default.
     defaults = ClusterConfig()
-    for setting, attr in (
-        ("policy", "policy"),
-        ("pvc", "pvc"),
-        ("serving-mode", "servingMode"),
-        ("fs-group", "fsGroup"),
-        ("pod-overrides", "podOverrides"),
-    ):
-        if getattr(cluster, attr) != getattr(defaults, attr):
+    for setting, attr in _CLUSTER_FIELDS:
+        if attr in cluster.model_fields_set or getattr(cluster, attr) != getattr(defaults, attr):
             r.sources[setting] = Layer.CLUSTER
 
     mode = r.take("policy", cluster.policy, ns.get(names.POLICY), _parse_mode, Layer.NAMESPACE)
@@ -186,19 +241,28 @@ def resolve_policy(
     fs_group = r.take(
         "fs-group", cluster.fsGroup, ns.get(names.FS_GROUP), _parse_fs_group, Layer.NAMESPACE
     )
+    overrides_raw = ns.get(names.POD_OVERRIDES)
     overrides = r.take(
-        "pod-overrides",
-        cluster.podOverrides,
-        ns.get(names.POD_OVERRIDES),
-        _parse_overrides,
-        Layer.NAMESPACE,
+        "pod-overrides", cluster.podOverrides, overrides_raw, _parse_overrides, Layer.NAMESPACE
     )
+    if overrides_raw is not None and r.sources.get("pod-overrides") is not Layer.NAMESPACE:
+        # The admin meant to narrow what pods may set: a typo must not widen it (fail closed).
+        overrides = frozenset()
+        r.sources["pod-overrides"] = Layer.NAMESPACE
+        r.warnings[-1] += "; pods may set none of the keys until it is fixed"
     secret: str | None = r.take("secret", None, ns.get(names.SECRET), _parse_name, Layer.NAMESPACE)
     enabled: bool | None = r.take(
         "enabled", None, ns.get(names.ENABLED), _parse_bool, Layer.NAMESPACE
     )
 
-    # Pod layer: `enabled` and `revision` always; starred keys only where admins allow them.
+    # Pod layer: `enabled` and `revision` always; starred keys only where admins allow them;
+    # admin-only keys never.
+    for setting in ADMIN_ONLY:
+        if names.PREFIX + setting in pod_annotations:
+            r.warnings.append(
+                f"{names.PREFIX}{setting}: ignored the pod value in namespace {namespace!r}: "
+                "only the Namespace or the cluster config can set it"
+            )
     pod_enabled: bool | None = r.take(
         "enabled", None, pod_annotations.get(names.ENABLED), _parse_bool, Layer.POD
     )
@@ -238,7 +302,9 @@ def resolve_policy(
                 f"{names.ENABLED}: ignored 'false': caching is forced in namespace {namespace!r}"
             )
     elif mode is PolicyMode.OPT_IN:
-        if enabled is not True:
+        if enabled is False:
+            skip = SkipReason.OPTED_OUT
+        elif enabled is not True:
             skip = SkipReason.NOT_OPTED_IN
     elif enabled is False:
         skip = SkipReason.OPTED_OUT

@@ -1,28 +1,39 @@
-# Two commands on a fresh machine: `make run` and `make test`.
+# Two commands on a fresh machine: `make run` (the webhook, self-signed TLS, no cluster) and
+# `make test` (format, lint, types, the whole suite). Both create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8443
+PYTEST_ARGS ?=
 
-$(BIN)/kserve-cache: pyproject.toml
+$(VENV)/.run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.run
 
-.PHONY: install run test lint check bench-admission bench-coldstart
-install: $(BIN)/kserve-cache
+.PHONY: run test lint format bench-admission bench-coldstart
 
-## run the webhook locally: self-signed TLS, no cluster
-run: install
-	$(BIN)/kserve-cache serve --self-signed --cert-dir certs --host $(HOST) --port $(PORT)
+## run the webhook locally: self-signed TLS on https://localhost:8443, no cluster
+run: $(VENV)/.run
+	$(BIN)/kserve-cache serve --self-signed --cert-dir certs --no-cluster --host $(HOST) --port $(PORT)
 
-## format check, lint, types, then the whole test suite
-test: install lint
-	$(BIN)/pytest -n 2 -q
+## format check, lint, types, then the whole test suite on 2 workers
+test: lint
+	$(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
 
-lint: install
+lint: $(VENV)/.dev
 	$(BIN)/ruff format --check webhook tests benchmarks
 	$(BIN)/ruff check webhook tests benchmarks
 	$(BIN)/mypy
+
+format: $(VENV)/.dev
+	$(BIN)/ruff format webhook tests benchmarks
+	$(BIN)/ruff check --fix webhook tests benchmarks

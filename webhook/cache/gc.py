@@ -114,17 +114,23 @@ class Trash:
 
 @dataclass(frozen=True)
 class Filesystem:
-    """Size of the filesystem holding the cache and the space free for unprivileged users."""
+    """The filesystem holding the cache, in bytes, as `df` counts it: `used` by anyone, `free`
+    for unprivileged users (space reserved for root is neither), `total` the raw size.
+    """
 
     total: int
+    used: int
     free: int
 
     @property
-    def used(self) -> int:
-        return max(0, self.total - self.free)
+    def capacity(self) -> int:
+        return self.used + self.free
 
     def usage_percent(self, *, freed: int = 0) -> float:
-        return 100.0 * max(0, self.used - freed) / self.total if self.total else 0.0
+        """Percentage in use, as `df` shows it, after freeing `freed` bytes."""
+        if not self.capacity:
+            return 0.0
+        return 100.0 * max(0, self.used - freed) / self.capacity
 
 
 @dataclass(frozen=True)
@@ -284,8 +290,8 @@ def _limits(snapshot: Snapshot, *, budget: Budget, total: int) -> list[tuple[str
         limits.append(("bytes", budget.max_bytes))
     if budget.max_usage is not None and snapshot.filesystem is not None:
         fs = snapshot.filesystem
-        # Used space the cache cannot free (other files, protected entries count as cache).
-        target_used = int(fs.total * budget.max_usage / 100)
+        # Freeing entry bytes is the only lever: the cache must shrink by what is over.
+        target_used = int(fs.capacity * budget.max_usage / 100)
         limits.append(("usage", total - max(0, fs.used - target_used)))
     return limits
 
@@ -346,7 +352,11 @@ def _decision_dict(decision: Decision) -> dict[str, Any]:
 
 def read_filesystem(path: Path) -> Filesystem:
     st = os.statvfs(path)
-    return Filesystem(total=st.f_blocks * st.f_frsize, free=st.f_bavail * st.f_frsize)
+    return Filesystem(
+        total=st.f_blocks * st.f_frsize,
+        used=(st.f_blocks - st.f_bfree) * st.f_frsize,
+        free=st.f_bavail * st.f_frsize,
+    )
 
 
 def scan(layout: Layout, *, now: float, lease_ttl: float) -> Snapshot:
@@ -499,7 +509,6 @@ def execute(
     gets its entry back), and only then deleted.
     """
     outcome = Outcome()
-    layout.trash.mkdir(parents=True, exist_ok=True)
     for decision in plan.evict:
         try:
             _evict_one(layout, decision, budget=budget, clock=clock, outcome=outcome)
@@ -545,6 +554,7 @@ def _evict_one(
         return
     source = layout.entry(key)
     trash = layout.new_trash(key, now=clock())
+    trash.parent.mkdir(exist_ok=True)
     try:
         source.rename(trash)
     except FileNotFoundError:
@@ -579,6 +589,7 @@ def _remove_staging(
             return
     # Renamed first, so a slow downloader can never publish a folder we are deleting.
     trash = layout.new_trash(key, now=clock()) if key else layout.trash / f"{name}.{int(clock())}.x"
+    trash.parent.mkdir(exist_ok=True)
     try:
         (layout.staging / name).rename(trash)
     except FileNotFoundError:

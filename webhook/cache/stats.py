@@ -169,6 +169,7 @@ def stats_to_dict(stats: CacheStats) -> dict[str, Any]:
         if fs is None
         else {
             "total_bytes": fs.total,
+            "used_bytes": fs.used,
             "free_bytes": fs.free,
             "used_percent": round(fs.usage_percent(), 2),
         },
@@ -230,6 +231,11 @@ class _Collector:
                 "kserve_cache_free_bytes",
                 "Space free on the cache filesystem.",
                 value=s.filesystem.free,
+            )
+            yield GaugeMetricFamily(
+                "kserve_cache_used_bytes",
+                "Space used on the cache filesystem (by anything).",
+                value=s.filesystem.used,
             )
             yield GaugeMetricFamily(
                 "kserve_cache_filesystem_bytes",

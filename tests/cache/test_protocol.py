@@ -29,7 +29,7 @@ class Writer:
         self.gate = gate
         self.started = threading.Event()
 
-    def __call__(self, uri: str, out: Path) -> None:
+    def __call__(self, _uri: str, out: Path) -> None:
         self.calls += 1
         self.started.set()
         if self.gate is not None:
@@ -84,9 +84,7 @@ def test_hit_never_opens_model_files(layout: Layout) -> None:
         pytest.param(KEY, "bad revision!", id="invalid-revision"),
     ],
 )
-def test_bad_key_is_refused_and_nothing_is_written(
-    layout: Layout, key: str, revision: str
-) -> None:
+def test_bad_key_is_refused_and_nothing_is_written(layout: Layout, key: str, revision: str) -> None:
     with pytest.raises(FetchError) as err:
         fetch_entry(layout, uri=URI, key=key, revision=revision, downloader=Writer())
     assert err.value.kind is ErrorKind.BAD_ARGUMENTS
@@ -161,11 +159,11 @@ def test_only_one_of_many_breakers_takes_over(layout: Layout) -> None:
         barrier = threading.Barrier(8)
         broke: list[bool] = []
 
-        def breaker() -> None:
+        def breaker(barrier: threading.Barrier, broke: list[bool]) -> None:
             barrier.wait()
             broke.append(leases.break_if_stale(layout, KEY, ttl=5))
 
-        threads = [threading.Thread(target=breaker) for _ in range(8)]
+        threads = [threading.Thread(target=breaker, args=(barrier, broke)) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
@@ -288,7 +286,7 @@ def test_writer_error_cleans_up_and_classifies(layout: Layout, code: int, kind: 
 
 def test_empty_download_is_not_published(layout: Layout) -> None:
     with pytest.raises(FetchError) as err:
-        fetch_entry(layout, uri=URI, key=KEY, downloader=lambda uri, out: None)
+        fetch_entry(layout, uri=URI, key=KEY, downloader=lambda _uri, _out: None)
     assert err.value.kind is ErrorKind.NOT_FOUND
     assert not layout.entry(KEY).exists()
 

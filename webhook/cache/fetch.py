@@ -227,6 +227,7 @@ def _download_and_publish(
     phase = on_phase or (lambda _name: None)
     staging = layout.new_staging(key)
     try:
+        _remove_orphans(layout, key)
         staging.mkdir(parents=True)
     except OSError as exc:
         raise _os_error(exc, layout, "creating the staging folder") from exc
@@ -285,11 +286,6 @@ def _download_and_publish(
         )
     phase("published")
     _record(layout, key, "miss")
-    # A holder we took over from left its staging folder behind; it is dead by now.
-    try:
-        clean_stale(layout, ttl=ttl)
-    except OSError as exc:
-        logger.warning("could not clean stale staging folders: %s", exc)
     logger.info("published %s (%d bytes, %d files)", key, manifest.bytes, len(files))
     return FetchResult(
         outcome="miss",
@@ -377,6 +373,15 @@ def _materialize_links(folder: Path) -> None:
                 tmp.replace(path)
         # os.walk lists links to folders as folders without entering them; the copies are
         # real folders now and get walked below.
+
+
+def _remove_orphans(layout: Layout, key: str) -> None:
+    # Only the lease holder writes staging folders of its key, and we hold the lease now:
+    # any other one was left by a holder that died (or lost the lease), so free its space.
+    for path in layout.staging.iterdir():
+        if staging_key(path.name) == key:
+            logger.info("removing staging folder %s of a former holder", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def clean_stale(layout: Layout, *, ttl: float, now: float | None = None) -> int:

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             await server.serve()
         finally:
-            await asyncio.to_thread(namespaces.stop)
+            namespaces.stop()  # blocks briefly: the server has stopped by now
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

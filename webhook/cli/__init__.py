@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "gc": "webhook.cli.gc",
     "stats": "webhook.cli.stats",
     "warm": "webhook.cli.warm",
+    "preview": "webhook.cli.preview",
 }
 
 

@@ -1,0 +1,167 @@
+"""`kserve-cache stats` on a real cache: JSON figures, a window, Prometheus text that
+`prometheus_client`'s own parser reads back, and clear errors for bad arguments."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ops.helpers import DAY, build_entry, run_cli, tree_state
+from webhook.cache.layout import Layout, record_usage
+from webhook.cache.stats import compute_stats
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> tuple[Layout, dict[str, str]]:
+    """Two entries and one evicted key, with uses inside and outside the last 24 hours.
+
+    alpha: 3 hits + 1 miss within 24 h, 2 hits 3 days ago.
+    beta:  1 waited within 24 h, 1 miss 2 days ago.
+    gone:  (no entry) 1 miss within 24 h.
+    """
+    layout = Layout(tmp_path / "cache")
+    layout.ensure_dirs()
+    now = time.time()
+    alpha = build_entry(layout, "alpha", size=3000, last_used=None, created_at=now - 4 * DAY)
+    beta = build_entry(layout, "beta", size=1234, last_used=None, created_at=now - 3 * DAY)
+    for outcome, ago in [("hit", 3 * DAY), ("hit", 3 * DAY), ("miss", 5 * HOUR)] + [
+        ("hit", HOUR)
+    ] * 3:
+        record_usage(layout, alpha.key, outcome, now=now - ago)
+    record_usage(layout, beta.key, "miss", now=now - 2 * DAY)
+    record_usage(layout, beta.key, "waited", now=now - 2 * HOUR)
+    gone = "gone-0123456789abcdef"
+    record_usage(layout, gone, "miss", now=now - 10 * HOUR)
+    (layout.staging / f"{gone}.abc123").mkdir()
+    (layout.locks / gone).write_text('{"holder": "x", "created": 1}')
+    return layout, {"alpha": alpha.key, "beta": beta.key, "gone": gone}
+
+
+def test_json_figures(cache: tuple[Layout, dict[str, str]]) -> None:
+    layout, keys = cache
+    before = tree_state(layout.root)
+    proc = run_cli("stats", "--cache-root", str(layout.root), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["entries"] == 2
+    assert data["bytes"] == 4234
+    assert (data["hits"], data["misses"], data["waits"]) == (5, 3, 1)
+    # Within 24 h: 3 hits, 2 misses (alpha, gone), 1 wait.
+    assert data["window"] == {"hits": 3, "misses": 2, "waits": 1, "hit_rate": 0.5}
+    assert data["window_seconds"] == 86400
+    assert data["staging_folders"] == 1
+    assert data["leases"] == 1
+    fs = data["filesystem"]
+    assert fs["total_bytes"] >= fs["used_bytes"] + fs["free_bytes"] > 0
+    by_key = {k["key"]: k for k in data["keys"]}
+    assert set(by_key) == set(keys.values())
+    alpha = by_key[keys["alpha"]]
+    assert alpha["present"] is True
+    assert alpha["uri"] == "s3://bucket/alpha"
+    assert (alpha["bytes"], alpha["files"]) == (3000, 2)
+    assert (alpha["hits"], alpha["misses"], alpha["waits"]) == (5, 1, 0)
+    assert alpha["window"] == {"hits": 3, "misses": 1, "waits": 0}
+    assert by_key[keys["gone"]]["present"] is False
+    assert by_key[keys["gone"]]["bytes"] == 0
+    assert tree_state(layout.root) == before  # read-only
+
+
+def test_window_changes_the_hit_rate(cache: tuple[Layout, dict[str, str]]) -> None:
+    layout, _ = cache
+    proc = run_cli("stats", "--cache-root", str(layout.root), "--json", "--window", "7d")
+    data = json.loads(proc.stdout)
+    assert data["window"] == {"hits": 5, "misses": 3, "waits": 1, "hit_rate": 5 / 9}
+    proc = run_cli("stats", "--cache-root", str(layout.root), "--json", "--window", "30m")
+    assert json.loads(proc.stdout)["window"] == {
+        "hits": 0,
+        "misses": 0,
+        "waits": 0,
+        "hit_rate": None,
+    }
+
+
+def test_prometheus_text_parses(cache: tuple[Layout, dict[str, str]]) -> None:
+    layout, keys = cache
+    proc = run_cli("stats", "--cache-root", str(layout.root), "--prometheus")
+    assert proc.returncode == 0, proc.stderr
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(proc.stdout)
+        for s in family.samples
+    }
+    types = {f.name: f.type for f in text_string_to_metric_families(proc.stdout)}
+    assert samples[("kserve_cache_entries", ())] == 2
+    assert samples[("kserve_cache_bytes", ())] == 4234
+    assert samples[("kserve_cache_entry_bytes", (("key", keys["alpha"]),))] == 3000
+    assert samples[("kserve_cache_entry_bytes", (("key", keys["beta"]),))] == 1234
+    assert samples[("kserve_cache_hits_total", (("key", keys["alpha"]),))] == 5
+    assert samples[("kserve_cache_misses_total", (("key", keys["gone"]),))] == 1
+    assert samples[("kserve_cache_waits_total", (("key", keys["beta"]),))] == 1
+    assert samples[("kserve_cache_window_hit_ratio", (("window", "24h"),))] == 0.5
+    assert samples[("kserve_cache_window_misses", (("window", "24h"),))] == 2
+    assert samples[("kserve_cache_free_bytes", ())] > 0
+    assert samples[("kserve_cache_staging_folders", ())] == 1
+    assert ("kserve_cache_entry_bytes", (("key", keys["gone"]),)) not in samples
+    assert types["kserve_cache_hits"] == "counter"
+    assert types["kserve_cache_entries"] == "gauge"
+
+
+def test_table_on_a_terminal(cache: tuple[Layout, dict[str, str]]) -> None:
+    layout, keys = cache
+    proc = run_cli("stats", "--cache-root", str(layout.root))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["KEY", "SIZE", "LAST", "USED", "HITS", "MISSES", "WAITS",
+                                "24h", "H/M/W"]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[1:4]}
+    assert rows[keys["alpha"]][-4:] == ["5", "1", "0", "3/1/0"]
+    assert rows[keys["gone"]][1] == "(evicted)"
+    assert "hit rate (24h): 50.0% (3 hits, 2 misses, 1 waits)" in proc.stdout
+    assert "entries: 2, size: 4.1 KiB" in proc.stdout
+
+
+def test_empty_cache(tmp_path: Path) -> None:
+    proc = run_cli("stats", "--cache-root", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "the cache is empty" in proc.stdout
+    proc = run_cli("stats", "--cache-root", str(tmp_path), "--prometheus")
+    names = {f.name for f in text_string_to_metric_families(proc.stdout)}
+    assert "kserve_cache_entries" in names
+    assert "kserve_cache_window_hit_ratio" not in names  # no uses: no ratio rather than NaN
+
+
+def test_compute_stats_counts_only_the_window() -> None:
+    from webhook.cache.layout import Usage
+
+    usage = Usage("a-0000000000000001", 100.0, hits=2, misses=1, waits=0,
+                  recent=[(10.0, "hit"), (90.0, "hit"), (95.0, "miss")])  # fmt: skip
+    stats = compute_stats(manifests={}, sizes={}, usages={usage.key: usage}, now=100.0, window=50.0)
+    (only,) = stats.keys
+    assert (only.window_hits, only.window_misses, only.present) == (1, 1, False)
+    assert stats.hit_rate == 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--window", "soon"], "not a duration"),
+        (["--window", "0"], "more than zero"),
+        (["--json", "--prometheus"], "not allowed with argument"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run_cli("stats", "--cache-root", str(tmp_path), *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_missing_cache_root_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("stats", "--cache-root", str(tmp_path / "nope"))
+    assert proc.returncode == 2
+    assert "is not a directory" in proc.stderr

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 def window_text(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
+        if seconds >= max(size, 2 * 86400 if unit == "d" else 0) and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
 

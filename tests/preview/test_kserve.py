@@ -61,7 +61,7 @@ def test_pvc_uri_is_mounted_directly_like_fixture_04() -> None:
 @pytest.mark.parametrize(
     ("change", "mutates"),
     [
-        pytest.param(lambda p: None, True, id="kserve-pod"),
+        pytest.param(lambda _: None, True, id="kserve-pod"),
         pytest.param(lambda p: p["metadata"]["labels"].clear(), False, id="no-isvc-label"),
         pytest.param(
             lambda p: p["metadata"]["annotations"].clear(), False, id="no-sourceuri-annotation"
@@ -170,7 +170,7 @@ def test_custom_container_predictor_takes_storage_uri_env() -> None:
                 },
                 {"name": "sidecar", "image": "me/side:1"},
             ],
-        ),  # fmt: skip
+        ),
         namespace="x",
     )
     spec = made.pod["spec"]

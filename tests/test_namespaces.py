@@ -396,3 +396,31 @@ def test_factory_in_cluster_without_service_account_fails_clearly(
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "1")
     with pytest.raises(config.ConfigException):
         namespace_source_from_environment(registry=CollectorRegistry())
+
+
+def test_fakekube_lists_pods_with_a_label_selector(
+    kube: FakeKube, configuration: client.Configuration
+) -> None:
+    # used by the gc tests: pods across namespaces, filtered loosely by label
+    def pod(name: str, namespace: str, labels: dict[str, str]) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        }
+
+    kube.set_pods(
+        [
+            pod("p1", "a", {"component": "predictor"}),
+            pod("p2", "b", {"component": "predictor", "x": "y"}),
+            pod("p3", "b", {"component": "transformer"}),
+        ]
+    )
+    with client.ApiClient(configuration) as api:
+        core = client.CoreV1Api(api)
+        found = core.list_pod_for_all_namespaces(label_selector="component=predictor")
+        assert sorted(p.metadata.name for p in found.items) == ["p1", "p2"]
+        assert len(core.list_pod_for_all_namespaces().items) == 3
+        in_b = core.list_namespaced_pod("b", label_selector="component!=predictor")
+        assert [p.metadata.name for p in in_b.items] == ["p3"]

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -181,12 +182,16 @@ class WatchedNamespaces:
     def stop(self, *, timeout: float = 5.0) -> None:
         """Stop the watch, wait for the thread, close the client's connections."""
         self._stopping.set()
-        watch = self._watch
-        if watch is not None:
-            watch.stop()  # shuts the socket down, so a blocked read returns
         thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join(timeout)
+            end = time.monotonic() + timeout
+            while thread.is_alive() and time.monotonic() < end:
+                # Again and again: a watch whose request was still being sent has no socket
+                # to shut down yet. Watch.stop shuts it down, so a blocked read returns.
+                watch = self._watch
+                if watch is not None:
+                    watch.stop()
+                thread.join(0.05)
             if thread.is_alive():
                 logger.warning("namespace watch thread did not stop within %.1fs", timeout)
         self._getters.shutdown(wait=True, cancel_futures=True)

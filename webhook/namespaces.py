@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
@@ -271,7 +272,11 @@ class WatchedNamespaces:
             response = self._core.read_namespace(
                 name,
                 _preload_content=False,
-                _request_timeout=(self._request_timeout[0], self._lookup_timeout * 2),
+                # a slow GET only keeps a worker busy: the admission stopped waiting already
+                _request_timeout=(
+                    min(self._request_timeout[0], self._lookup_timeout * 2),
+                    self._lookup_timeout * 2,
+                ),
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -447,6 +452,7 @@ def namespace_source_from_environment(
         config.load_incluster_config(client_configuration=configuration)
         where = "in-cluster service account"
     else:
+        kubeconfig = str(Path(kubeconfig or "").expanduser())
         config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         where = f"kubeconfig {kubeconfig}"
     logger.info("namespace policy on: watching Namespaces at %s (%s)", configuration.host, where)

@@ -208,11 +208,16 @@ def _webhook_url(url: str) -> str:
 
 
 def _ask_webhook(targets: list[Target], *, url: str, cacert: Path | None) -> list[Result]:
+    import ssl
+
     import httpx
 
     from webhook.preview import ResponseError, from_response
 
-    verify: Any = str(cacert) if cacert else True
+    try:
+        verify = ssl.create_default_context(cafile=str(cacert) if cacert else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise _Failed(EXIT_BAD_INPUT, f"preview: --cacert {cacert}: {exc}") from exc
     results = []
     try:
         with httpx.Client(verify=verify, timeout=15.0) as client:

@@ -152,7 +152,7 @@ HOSTILE = [
     "key: [1, {a: b}]",
     "\x00nul",
 ]
-SETTABLE = ["pvc", "secret", "revision", "serving-mode", "storage-uri", "enabled"]
+SETTABLE = ["pvc", "secret", "revision", "serving-mode", "storage-uri", "enabled", "fs-group", "policy"]
 
 
 def shape(value: Any) -> Any:

@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8443
 PYTEST_ARGS ?=
+LINT_PATHS := webhook tests $(wildcard benchmarks)
 
 $(VENV)/.run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +31,10 @@ test: lint
 	$(BIN)/pytest -n 2 -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff format --check webhook tests benchmarks
-	$(BIN)/ruff check webhook tests benchmarks
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
 
 format: $(VENV)/.dev
-	$(BIN)/ruff format webhook tests benchmarks
-	$(BIN)/ruff check --fix webhook tests benchmarks
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)

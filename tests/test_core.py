@@ -152,7 +152,16 @@ HOSTILE = [
     "key: [1, {a: b}]",
     "\x00nul",
 ]
-SETTABLE = ["pvc", "secret", "revision", "serving-mode", "storage-uri", "enabled", "fs-group", "policy"]
+SETTABLE = [
+    "pvc",
+    "secret",
+    "revision",
+    "serving-mode",
+    "storage-uri",
+    "enabled",
+    "fs-group",
+    "policy",
+]
 
 
 def shape(value: Any) -> Any:
@@ -305,3 +314,44 @@ def test_internal_error_admits_unchanged_or_refuses(monkeypatch: pytest.MonkeyPa
     refused = review_body(body, config=parse_config("onError: refuse")).response["response"]
     assert refused["allowed"] is False
     assert refused["status"]["code"] == 500
+
+
+def test_missing_cache_claim_admits_without_the_cache() -> None:
+    from webhook.namespaces import ClaimInfo
+
+    body = make_review(BASE, namespace="team")
+    view = NamespaceView(
+        name="team", annotations={}, claims={"other": ClaimInfo(("ReadWriteMany",))}
+    )
+    result = review_body(body, config=ClusterConfig(), namespace=view)
+    assert result.decision.kind == "skipped"
+    assert result.decision.reason is not None
+    assert result.decision.reason.value == "pvc-missing"
+    assert "patch" not in result.response["response"]
+    assert (
+        "'kserve-model-cache' not found in namespace 'team'"
+        in result.response["response"]["warnings"][0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("modes", "warned"),
+    [
+        (("ReadWriteMany",), False),
+        (("ReadWriteOnce",), True),
+        (("ReadWriteOnce", "ReadWriteMany"), False),
+    ],
+)
+def test_existing_cache_claim_is_used_and_non_rwx_is_reported(
+    modes: tuple[str, ...], warned: bool
+) -> None:
+    from webhook.namespaces import ClaimInfo
+
+    body = make_review(BASE, namespace="team")
+    view = NamespaceView(
+        name="team", annotations={}, claims={"kserve-model-cache": ClaimInfo(modes, "Bound")}
+    )
+    result = review_body(body, config=ClusterConfig(), namespace=view)
+    assert result.decision.kind == "mutated"
+    warnings = result.response["response"].get("warnings", [])
+    assert any("not ReadWriteMany" in w for w in warnings) is warned

@@ -32,13 +32,26 @@ _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
+class ClaimInfo:
+    """What the webhook needs to know of one PersistentVolumeClaim."""
+
+    access_modes: tuple[str, ...] = ()
+    phase: str = ""
+
+
+@dataclass(frozen=True)
 class NamespaceView:
-    """What is known of one Namespace. `annotations is None`: unknown (no cluster, not found)."""
+    """What is known of one Namespace. `annotations is None`: unknown (no cluster, not found).
+
+    `claims`: the PersistentVolumeClaims of the namespace by name, or None when unknown (then
+    the webhook cannot check that the cache claim exists and injects anyway).
+    """
 
     name: str
     annotations: Mapping[str, str] | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     warning: str | None = None
+    claims: Mapping[str, ClaimInfo] | None = None
 
 
 class NamespaceSource(Protocol):

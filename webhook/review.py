@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 from webhook import names
 from webhook.clusterconfig import ClusterConfig
 from webhook.mutate import fetch_spec, mutate
-from webhook.namespaces import NamespaceView
+from webhook.namespaces import ClaimInfo, NamespaceView
 from webhook.patch import encode_patch, make_patch
 from webhook.policy import Policy, resolve_policy
 from webhook.selection import (
@@ -125,9 +125,15 @@ def decide(
     namespace: str,
     config: ClusterConfig,
     namespace_annotations: Mapping[str, str] | None,
+    claims: Mapping[str, ClaimInfo] | None = None,
 ) -> Decision:
-    """Decide and mutate one pod. Never raises Skip: a skip is a Decision."""
+    """Decide and mutate one pod. Never raises Skip: a skip is a Decision.
+
+    `claims`, when known, are the namespace's PersistentVolumeClaims: a missing cache claim
+    would leave the pod Pending forever, so the pod is admitted without the cache instead.
+    """
     policy: Policy | None = None
+    notes: tuple[str, ...] = ()
     try:
         check_pod(pod, namespace=namespace, excluded=config.excludedNamespaces)
         _, annotations = metadata(pod)
@@ -146,11 +152,27 @@ def decide(
         )
         if kserve_pending and not config.injectWithoutKServe:
             raise Skip(SkipReason.AWAITING_KSERVE, "KServe's pod mutator has not run yet")
+        if claims is not None:
+            claim = claims.get(policy.pvc)
+            if claim is None:
+                raise Skip(
+                    SkipReason.PVC_MISSING,
+                    f"PersistentVolumeClaim {policy.pvc!r} not found in namespace {namespace!r}",
+                )
+            if "ReadWriteMany" not in claim.access_modes:
+                notes = (
+                    f"kserve-cache: PersistentVolumeClaim {policy.pvc!r} in namespace "
+                    f"{namespace!r} is not ReadWriteMany ({', '.join(claim.access_modes)}): "
+                    "pods on other nodes cannot mount it",
+                )
         after = mutate(pod, policy, source=source, config=config, namespace=namespace)
     except Skip as skip:
         warnings = policy.warnings if policy else ()
-        if skip.reason in (SkipReason.INVALID_ANNOTATION, SkipReason.VOLUME_CONFLICT) or (
-            skip.reason is SkipReason.FOREIGN_MODEL_MOUNT
+        if skip.reason in (
+            SkipReason.INVALID_ANNOTATION,
+            SkipReason.VOLUME_CONFLICT,
+            SkipReason.FOREIGN_MODEL_MOUNT,
+            SkipReason.PVC_MISSING,
         ):
             warnings = (*warnings, f"kserve-cache: pod admitted without the cache: {skip}")
         return Decision(
@@ -171,7 +193,7 @@ def decide(
         before=pod,
         after=after,
         patch=patch,
-        warnings=tuple(_truncate(w) for w in policy.warnings),
+        warnings=tuple(_truncate(w) for w in (*policy.warnings, *notes)),
     )
 
 
@@ -220,6 +242,7 @@ def review(
             namespace=request.namespace,
             config=config,
             namespace_annotations=annotations,
+            claims=namespace.claims if namespace else None,
         )
     except Exception as exc:  # the cache is an optimisation: fail open, loudly
         logger.exception("internal error reviewing pod in namespace %s", request.namespace)

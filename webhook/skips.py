@@ -18,6 +18,7 @@ class SkipReason(StrEnum):
     UNSUPPORTED_URI = "unsupported-uri"
     INVALID_ANNOTATION = "invalid-annotation"
     AWAITING_KSERVE = "awaiting-kserve"
+    PVC_MISSING = "pvc-missing"
     VOLUME_CONFLICT = "volume-conflict"
     FOREIGN_MODEL_MOUNT = "foreign-model-mount"
     NO_MODEL_CONTAINER = "no-model-container"

@@ -2,11 +2,12 @@
 
 The input is never modified, unknown fields are preserved, and mutating an already mutated pod
 changes nothing: every name we inject is fixed and every step replaces rather than appends.
+The result shares the parts it does not change with the input (no deep copy of managedFields,
+env...): treat both as read-only.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -57,6 +58,33 @@ def fetch_spec(
         isvc=str(labels.get(names.ISVC_LABEL, "")),
         namespace=namespace,
     )
+
+
+def _writable_container(container: Any) -> Any:
+    if not isinstance(container, dict):
+        return container
+    out = dict(container)
+    mounts = out.get("volumeMounts")
+    if isinstance(mounts, list):
+        out["volumeMounts"] = list(mounts)
+    return out
+
+
+def _writable_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `pod` in which the objects `mutate` changes are copies: the pod, its metadata
+    and spec, the container lists, each container and its volumeMounts. The rest is shared."""
+    out = dict(pod)
+    meta = out.get("metadata")
+    if isinstance(meta, dict):
+        out["metadata"] = dict(meta)
+    spec = out.get("spec")
+    if isinstance(spec, dict):
+        spec = out["spec"] = dict(spec)
+        for key in ("containers", "initContainers"):
+            containers = spec.get(key)
+            if isinstance(containers, list):
+                spec[key] = [_writable_container(c) for c in containers]
+    return out
 
 
 def _model_mount(spec: FetchSpec) -> dict[str, Any]:
@@ -117,7 +145,7 @@ def mutate(
 ) -> dict[str, Any]:
     """The pod with the cache injected. Raises Skip when it cannot be done safely."""
     spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
-    out: dict[str, Any] = copy.deepcopy(dict(pod))
+    out = _writable_pod(pod)
     pod_spec: dict[str, Any] = out.setdefault("spec", {})
     volumes: list[dict[str, Any]] = list(pod_spec.get("volumes") or [])
 

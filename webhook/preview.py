@@ -342,7 +342,7 @@ def _target(
             doc,
             request.object,
             dict(doc),
-            kserve_note="taken as sent (KServe's mutator is not emulated)",
+            kserve_note="as sent in the AdmissionReview",
         )
 
     if group == "" and kind == "Pod":
@@ -423,12 +423,12 @@ def _target(
 
 def _kserve(pod: dict[str, Any], enabled: bool) -> tuple[dict[str, Any], str]:
     if not kserve.would_mutate(pod):
-        return pod, "KServe's pod mutator has nothing to add"
+        return pod, "as given (KServe's pod mutator adds nothing)"
     if not enabled:
         return pod, "before KServe's pod mutator (--no-kserve)"
     return (
         kserve.inject_storage_initializer(pod),
-        "after KServe's pod mutator (emulated: its storage-initializer or PVC mount added)",
+        "after KServe's pod mutator (emulated)",
     )
 
 

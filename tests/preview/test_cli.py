@@ -436,3 +436,16 @@ def test_bad_config_and_missing_file(preview: Any, tmp_path: Path) -> None:
     missing = preview("-f", str(tmp_path / "nope.yaml"))
     assert missing.code == 2
     assert "cannot read" in missing.err
+
+
+def test_several_files(preview: Any, tmp_path: Path) -> None:
+    first = write(tmp_path / "a.yaml", kserve_pod())
+    second = write(tmp_path / "b.yaml", load("review-08-not-kserve.json"))
+    run = preview("-f", str(first), "-f", str(second), "-o", "yaml")
+    assert run.code == 0
+    assert [d["metadata"].get("name", "") for d in run.yaml()] == ["iris-predictor-abc", ""]
+    bad = tmp_path / "c.yaml"
+    bad.write_text("kind: Nothing\n")
+    failed = preview("-f", str(first), "-f", str(bad))
+    assert failed.code == 2
+    assert f"{bad}: document 1 (Nothing)" in failed.err

@@ -48,8 +48,9 @@ def add_parser(sub: Any) -> None:
         "-f",
         "--filename",
         required=True,
+        action="append",
         metavar="FILE",
-        help="YAML or JSON, one or more documents ('-' reads stdin)",
+        help="YAML or JSON, one or more documents ('-' reads stdin); repeatable",
     )
     p.add_argument(
         "-o",
@@ -364,20 +365,22 @@ def _run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             raise _Failed(EXIT_BAD_INPUT, f"preview: --config: {exc}") from exc
 
-    text, source = _read_input(args.filename)
     fallback = next(iter(from_file)) if len(from_file) == 1 else DEFAULT_NAMESPACE
-    try:
-        targets = plan(
-            parse_documents(text, source=source),
-            namespace=args.namespace,
-            fallback_namespace=fallback,
-            kserve_first=args.kserve_first,
-            ignore_unknown=args.ignore_unknown,
-        )
-    except PreviewError as exc:
-        raise _Failed(EXIT_BAD_INPUT, f"preview: {source}: {exc}") from exc
+    targets: list[Target] = []
+    for filename in args.filename:
+        text, source = _read_input(filename)
+        try:
+            targets += plan(
+                parse_documents(text, source=source),
+                namespace=args.namespace,
+                fallback_namespace=fallback,
+                kserve_first=args.kserve_first,
+                ignore_unknown=args.ignore_unknown,
+            )
+        except PreviewError as exc:
+            raise _Failed(EXIT_BAD_INPUT, f"preview: {source}: {exc}") from exc
     if not targets:
-        raise _Failed(EXIT_BAD_INPUT, f"preview: {source}: no document preview understands")
+        raise _Failed(EXIT_BAD_INPUT, "preview: no document preview understands")
 
     if args.webhook_url:
         results = _ask_webhook(targets, url=_webhook_url(args.webhook_url), cacert=args.cacert)

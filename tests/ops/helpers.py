@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,11 +107,3 @@ def gc_json(*args: str) -> tuple[int, dict[str, Any], str]:
     proc = run_cli("gc", "--json", *args)
     data = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, data, proc.stderr
-
-
-def now() -> float:
-    return time.time()
-
-
-def python() -> str:
-    return sys.executable

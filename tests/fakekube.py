@@ -1,12 +1,14 @@
 """A small stand-in for the Kubernetes API server on 127.0.0.1, for tests of the real client.
 
-Speaks plain HTTP (no auth) for Namespaces (list with resourceVersion, chunked watch streams of
-ADDED/MODIFIED/DELETED events, `410 Gone`, GET by name) and Pods (list, loose labelSelector).
-Test code drives it: change namespaces, expire the watch history, drop connections, stop and
-start it on the same port. `write_kubeconfig` points the `kubernetes` client at it.
+Speaks plain HTTP (no auth) for Namespaces and PersistentVolumeClaims (list with
+resourceVersion, chunked watch streams of ADDED/MODIFIED/DELETED events, `410 Gone`, GET by
+name, `403 Forbidden` on request) and Pods (list, loose labelSelector). Test code drives it:
+change namespaces and claims, expire the watch history, drop connections, refuse a resource,
+stop and start it on the same port. `write_kubeconfig` points the `kubernetes` client at it.
 
     with FakeKube() as kube:
         kube.add_namespace("team-a", annotations={"cache.kserve.io/policy": "forced"})
+        kube.add_claim("team-a", "kserve-model-cache")
         path = kube.write_kubeconfig(tmp_path / "kubeconfig")
 """
 
@@ -28,6 +30,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 CREATED = "2024-01-01T00:00:00Z"
+NAMESPACES = "namespaces"
+CLAIMS = "persistentvolumeclaims"
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Event:
     rv: int
     type: str
     object: dict[str, Any]
+    resource: str = NAMESPACES
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,32 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path.rstrip("/")
         kube._record(Request("GET", path, query))
         segments = path.split("/")
+        namespaced = len(segments) >= 6 and path.startswith("/api/v1/namespaces/")
         try:
-            if path == "/api/v1/namespaces":
+            refused = kube._refused(path)
+            if refused is not None:
+                message = f'{refused} is forbidden: User "fake" cannot list resource "{refused}"'
+                self._json(HTTPStatus.FORBIDDEN, _status(403, "Forbidden", message))
+            elif path == "/api/v1/namespaces":
                 if _truthy(query.get("watch")):
-                    self._watch(query)
+                    self._watch(NAMESPACES, None, query)
                 else:
                     self._json(HTTPStatus.OK, kube._list_namespaces(query))
+            elif path == "/api/v1/persistentvolumeclaims" or (
+                namespaced and len(segments) == 6 and segments[5] == CLAIMS
+            ):
+                where = segments[4] if namespaced else None
+                if _truthy(query.get("watch")):
+                    self._watch(CLAIMS, where, query)
+                else:
+                    self._json(HTTPStatus.OK, kube._list_claims(where))
+            elif namespaced and len(segments) == 7 and segments[5] == CLAIMS:
+                found = kube._get_claim(segments[4], segments[6])
+                if found is None:
+                    message = f'persistentvolumeclaims "{segments[6]}" not found'
+                    self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", message))
+                else:
+                    self._json(HTTPStatus.OK, found)
             elif len(segments) == 5 and path.startswith("/api/v1/namespaces/"):
                 kube._wait_get_delay()
                 found = kube._get_namespace(segments[4])
@@ -157,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _watch(self, query: Mapping[str, str]) -> None:
+    def _watch(self, resource: str, namespace: str | None, query: Mapping[str, str]) -> None:
         kube = self.server.kube
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "application/json")
@@ -165,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         timeout = query.get("timeoutSeconds")
         deadline = time.monotonic() + float(timeout) if timeout else None
-        for line in kube._events(query.get("resourceVersion"), deadline):
+        for line in kube._events(resource, namespace, query.get("resourceVersion"), deadline):
             if line is None:
                 # Dropped: end the stream without the last chunk, as a broken link does.
                 self.close_connection = True
@@ -183,11 +208,13 @@ class FakeKube:
     def __init__(self, *, port: int = 0) -> None:
         self._lock = threading.Condition()
         self._namespaces: dict[str, dict[str, Any]] = {}
+        self._claims: dict[tuple[str, str], dict[str, Any]] = {}
+        self._forbidden: set[str] = set()
         self._pods: list[dict[str, Any]] = []
         self._history: list[Event] = []
         self._rv = 100
         self._oldest_rv = self._rv  # watches from before this are answered with 410 Gone
-        self._gone_next = 0
+        self._gone_next: dict[str, int] = {}
         self._drops = 0  # bumped to cut every open watch
         self._stopping = False
         self._get_delay = 0.0
@@ -325,14 +352,89 @@ class FakeKube:
             obj["metadata"]["resourceVersion"] = str(rv)
             self._emit(Event(rv, "DELETED", copy.deepcopy(obj)), quiet=quiet)
 
+    def add_claim(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        access_modes: tuple[str, ...] = ("ReadWriteMany",),
+        phase: str = "Bound",
+        quiet: bool = False,
+    ) -> dict[str, Any]:
+        """A PersistentVolumeClaim; its Namespace need not exist here (think of `default`)."""
+        with self._lock:
+            if (namespace, name) in self._claims:
+                raise ValueError(f"claim {namespace}/{name} exists")
+            rv = self._next_rv()
+            obj = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": str(rv),
+                    "creationTimestamp": CREATED,
+                    "finalizers": ["kubernetes.io/pvc-protection"],
+                },
+                "spec": {
+                    "accessModes": list(access_modes),
+                    "resources": {"requests": {"storage": "100Gi"}},
+                    "volumeMode": "Filesystem",
+                },
+                "status": {"phase": phase},
+            }
+            self._claims[namespace, name] = obj
+            self._emit(Event(rv, "ADDED", copy.deepcopy(obj), CLAIMS), quiet=quiet)
+            return copy.deepcopy(obj)
+
+    def modify_claim(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        access_modes: tuple[str, ...] | None = None,
+        phase: str | None = None,
+        deleting: bool = False,
+        quiet: bool = False,
+    ) -> dict[str, Any]:
+        """Change what is given; `deleting` sets a deletionTimestamp (held by its finalizer)."""
+        with self._lock:
+            obj = self._claims[namespace, name]
+            rv = self._next_rv()
+            obj["metadata"]["resourceVersion"] = str(rv)
+            if access_modes is not None:
+                obj["spec"]["accessModes"] = list(access_modes)
+            if phase is not None:
+                obj["status"]["phase"] = phase
+            if deleting:
+                obj["metadata"]["deletionTimestamp"] = CREATED
+            self._emit(Event(rv, "MODIFIED", copy.deepcopy(obj), CLAIMS), quiet=quiet)
+            return copy.deepcopy(obj)
+
+    def delete_claim(self, namespace: str, name: str, *, quiet: bool = False) -> None:
+        with self._lock:
+            obj = self._claims.pop((namespace, name))
+            rv = self._next_rv()
+            obj["metadata"]["resourceVersion"] = str(rv)
+            self._emit(Event(rv, "DELETED", copy.deepcopy(obj), CLAIMS), quiet=quiet)
+
+    def forbid(self, resource: str, *, forbidden: bool = True) -> None:
+        """Answer `403 Forbidden` to every request for `resource` (RBAC not granted)."""
+        with self._lock:
+            if forbidden:
+                self._forbidden.add(resource)
+            else:
+                self._forbidden.discard(resource)
+
     def set_pods(self, pods: list[dict[str, Any]]) -> None:
         with self._lock:
             self._pods = copy.deepcopy(pods)
 
-    def gone_next_watch(self, count: int = 1) -> None:
-        """The next `count` watches get a 410 Gone ERROR event instead of events."""
+    def gone_next_watch(self, count: int = 1, *, resource: str = NAMESPACES) -> None:
+        """The next `count` watches of `resource` get a 410 Gone ERROR event instead of events."""
         with self._lock:
-            self._gone_next += count
+            self._gone_next[resource] = self._gone_next.get(resource, 0) + count
 
     def compact(self) -> None:
         """Forget the event history: a watch from an older resourceVersion gets 410 Gone."""
@@ -357,14 +459,19 @@ class FakeKube:
         path = f"/api/v1/namespaces/{name}"
         return sum(1 for r in list(self.requests) if r.path == path)
 
-    def watches(self) -> int:
-        return sum(1 for r in list(self.requests) if _truthy(r.query.get("watch")))
-
-    def lists(self) -> int:
+    def watches(self, resource: str | None = None) -> int:
+        """Watches asked for, of `resource` across namespaces or (None) of anything."""
         return sum(
             1
             for r in list(self.requests)
-            if r.path == "/api/v1/namespaces" and not _truthy(r.query.get("watch"))
+            if _truthy(r.query.get("watch")) and resource in (None, r.path.rsplit("/", 1)[-1])
+        )
+
+    def lists(self, resource: str = NAMESPACES) -> int:
+        """Lists (not watches) of `resource` across namespaces."""
+        path = f"/api/v1/{resource}"
+        return sum(
+            1 for r in list(self.requests) if r.path == path and not _truthy(r.query.get("watch"))
         )
 
     @property
@@ -421,6 +528,33 @@ class FakeKube:
                 "items": items,
             }
 
+    def _refused(self, path: str) -> str | None:
+        """The resource a request path is refused for, if it is."""
+        with self._lock:
+            segments = path.split("/")
+            resource = segments[5] if len(segments) >= 6 else segments[-1]
+            if path.startswith("/api/v1/namespaces/") and len(segments) == 5:
+                resource = NAMESPACES
+            return resource if resource in self._forbidden else None
+
+    def _list_claims(self, namespace: str | None) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaimList",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": [
+                    copy.deepcopy(obj)
+                    for (where, _), obj in self._claims.items()
+                    if namespace in (None, where)
+                ],
+            }
+
+    def _get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._claims.get((namespace, name))
+            return copy.deepcopy(found) if found is not None else None
+
     def _get_namespace(self, name: str) -> dict[str, Any] | None:
         with self._lock:
             found = self._namespaces.get(name)
@@ -441,22 +575,33 @@ class FakeKube:
                 "items": items,
             }
 
-    def _events(self, since: str | None, deadline: float | None) -> Iterator[dict[str, Any] | None]:
-        """Watch events as dicts; `None` means: cut the connection now."""
+    def _events(
+        self, resource: str, namespace: str | None, since: str | None, deadline: float | None
+    ) -> Iterator[dict[str, Any] | None]:
+        """Watch events of `resource` (in `namespace`, None: all) as dicts; `None` means: cut
+        the connection now."""
+
+        def wanted(event: Event) -> bool:
+            return event.resource == resource and (
+                namespace is None or event.object["metadata"].get("namespace") == namespace
+            )
+
         with self._lock:
             drops = self._drops
             early: dict[str, Any] | None = None
             pending: list[dict[str, Any]] = []
             position = self._rv
-            if self._gone_next:
-                self._gone_next -= 1
+            if self._gone_next.get(resource):
+                self._gone_next[resource] -= 1
                 early = self._gone(since)
             elif since in (None, "", "0"):
                 # No resourceVersion: the current state as ADDED events, then changes.
-                pending = [
-                    {"type": "ADDED", "object": copy.deepcopy(ns)}
-                    for ns in self._namespaces.values()
-                ]
+                current = (
+                    list(self._namespaces.values())
+                    if resource == NAMESPACES
+                    else [c for (w, _), c in self._claims.items() if namespace in (None, w)]
+                )
+                pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in current]
             elif not since.isdigit():
                 early = {"type": "ERROR", "object": _status(400, "BadRequest", "bad rv")}
             elif int(since) < self._oldest_rv:
@@ -473,7 +618,10 @@ class FakeKube:
                 while True:
                     if self._stopping or self._drops != drops:
                         break
-                    news = [e for e in self._history if e.rv > position]
+                    fresh = [e for e in self._history if e.rv > position]
+                    if fresh:
+                        position = fresh[-1].rv  # others' events move the position on too
+                    news = [e for e in fresh if wanted(e)]
                     if news:
                         break
                     left = None if deadline is None else deadline - time.monotonic()
@@ -489,7 +637,6 @@ class FakeKube:
                 yield None
                 return
             for event in news:
-                position = event.rv
                 yield {"type": event.type, "object": event.object}
 
     def _gone(self, since: str | None) -> dict[str, Any]:

@@ -288,7 +288,12 @@ def test_rbac_is_minimal(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["self-signed"]
     role = find(objects, "ClusterRole", "kserve-cache")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": [""],
+            "resources": ["persistentvolumeclaims"],
+            "verbs": ["get", "list", "watch"],
+        },
     ]
     assert not [o for o in objects if o["kind"] in {"Role", "RoleBinding"}]
     binding = find(objects, "ClusterRoleBinding", "kserve-cache")

@@ -67,6 +67,10 @@ HINTS: Final[Mapping[SkipReason, str]] = {
     ),
     SkipReason.PVC_URI: "the model is already on a volume; nothing to cache",
     SkipReason.POLICY_DISABLED: "the namespace or cluster policy is disabled",
+    SkipReason.PVC_MISSING: (
+        "create the ReadWriteMany claim in this namespace, or name another one with "
+        "cache.kserve.io/pvc"
+    ),
 }
 
 

@@ -24,6 +24,7 @@ class Api(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.objects: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, list[dict[str, Any]]] = {}  # namespaces not here: 403
         self.requests: list[tuple[str, str]] = []
 
     @property
@@ -44,6 +45,14 @@ class Api(ThreadingHTTPServer):
             "metadata": {"name": name, "namespace": namespace},
             "data": data,
         }
+
+    def claim(self, namespace: str, name: str, *modes: str, deleting: bool = False) -> None:
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if deleting:
+            meta["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+        self.claims.setdefault(namespace, []).append(
+            {"metadata": meta, "spec": {"accessModes": list(modes)}, "status": {"phase": "Bound"}}
+        )
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(
@@ -79,6 +88,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         self.server.requests.append(("GET", path))
+        parts = path.split("/")
+        if len(parts) == 6 and parts[5] == "persistentvolumeclaims":
+            items = self.server.claims.get(parts[4])
+            if items is None:
+                self._send(403, {"kind": "Status", "status": "Failure", "code": 403})
+            else:
+                self._send(200, {"kind": "PersistentVolumeClaimList", "items": items})
+            return
         found = self.server.objects.get(path)
         if found is None:
             status = {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
@@ -191,3 +208,53 @@ def test_unreachable_cluster(api: Api, preview: Any, tmp_path: Path) -> None:
     )  # fmt: skip
     assert no_config.code == 1
     assert "no usable kubeconfig" in no_config.err
+
+
+@pytest.mark.parametrize(
+    ("claims", "outcome", "message"),
+    [
+        pytest.param([("kserve-model-cache", "ReadWriteMany")], "mutated", None, id="rwx"),
+        pytest.param(
+            [("kserve-model-cache", "ReadWriteOnce")],
+            "mutated",
+            "is not ReadWriteMany (ReadWriteOnce): pods on other nodes cannot mount it",
+            id="rwo",
+        ),
+        pytest.param([("other", "ReadWriteMany")], "skipped: pvc-missing", "not found", id="none"),
+        pytest.param(
+            [("kserve-model-cache", "deleting")], "skipped: pvc-missing", "not found", id="deleting"
+        ),
+    ],
+)
+def test_cache_claim_is_checked(
+    api: Api,
+    preview: Any,
+    tmp_path: Path,
+    claims: list[tuple[str, str]],
+    outcome: str,
+    message: str | None,
+) -> None:
+    for name, mode in claims:
+        api.claim("models", name, "ReadWriteMany" if mode == "deleting" else mode,
+                  deleting=mode == "deleting")  # fmt: skip
+    run = preview(
+        "-f", str(DATA / "sklearn-iris.yaml"), "--cluster",
+        "--kubeconfig", str(api.kubeconfig(tmp_path / "kubeconfig")),
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert f"document 1 (InferenceService models/sklearn-iris): {outcome}" in run.err
+    if message:
+        assert message in run.err
+    assert ("GET", "/api/v1/namespaces/models/persistentvolumeclaims") in api.requests
+
+
+def test_claims_that_cannot_be_listed_are_not_checked(
+    api: Api, preview: Any, tmp_path: Path
+) -> None:
+    run = preview(
+        "-f", str(DATA / "sklearn-iris.yaml"), "--cluster",
+        "--kubeconfig", str(api.kubeconfig(tmp_path / "kubeconfig")),
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert "cannot list PersistentVolumeClaims in models" in run.err
+    assert ": mutated" in run.err

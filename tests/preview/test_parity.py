@@ -32,15 +32,30 @@ def namespace_of(case: Case) -> str:
     return f"golden-{case.name[:2]}" if case.namespace_annotations is not None else case.namespace
 
 
+def cache_claim(case: Case) -> str | None:
+    """The claim the case's pod is cached on, from its expected result."""
+    expected = json.loads(case.expected_file.read_text())
+    annotations = ((expected.get("pod") or {}).get("metadata") or {}).get("annotations") or {}
+    status = annotations.get("cache.kserve.io/status")
+    return json.loads(status)["pvc"] if status else None
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     """A running webhook per distinct golden config, all watching one API stand-in."""
     tmp = tmp_path_factory.mktemp("parity")
     started: dict[str, Server] = {}
     with FakeKube() as kube:
+        claims: set[tuple[str, str]] = set()
         for case in CASES:
             if case.namespace_annotations is not None:
                 kube.add_namespace(namespace_of(case), annotations=case.namespace_annotations)
+            # the server checks that the cache claim exists; offline preview cannot, so the
+            # claims are there (test_cluster.py covers preview's own check with --cluster)
+            claim = cache_claim(case)
+            if claim and (namespace_of(case), claim) not in claims:
+                claims.add((namespace_of(case), claim))
+                kube.add_claim(namespace_of(case), claim)
         kubeconfig = kube.write_kubeconfig(tmp / "kubeconfig")
         try:
             for number, text in enumerate(CONFIGS):
@@ -51,6 +66,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
                 started[text] = start_server(
                     folder, "--config", str(config), "--kubeconfig", str(kubeconfig)
                 )
+            kube.add_claim("models", "kserve-model-cache")
             yield started
         finally:
             for server in started.values():
@@ -129,7 +145,10 @@ def test_webhook_url_explains_from_the_status_annotation(
     assert run.code == 0, run.err
     assert f"answered   by {server.url}/mutate" in run.err
     assert "outcome    mutated" in run.err
-    assert "enabled" not in run.err or "pod" in run.err
+    # no policy object comes back: the rows are read from the status annotation
+    rows = [line.split() for line in run.err.splitlines() if line.startswith("  ")]
+    assert ["pvc", "kserve-model-cache", "built-in", "or", "cluster"] in rows
+    assert ["revision", "v1", "pod"] in rows
     (pod,) = run.yaml()
     status = json.loads(pod["metadata"]["annotations"]["cache.kserve.io/status"])
     assert status["revision"] == "v1"

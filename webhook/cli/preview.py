@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from webhook.clusterconfig import ClusterConfig
-    from webhook.namespaces import NamespaceView
+    from webhook.namespaces import ClaimInfo, NamespaceView
     from webhook.preview import Result, Target
 
 logger = logging.getLogger(__name__)
@@ -241,10 +242,29 @@ def _ask_webhook(targets: list[Target], *, url: str, cacert: Path | None) -> lis
     return results
 
 
-def _read_cluster(
-    args: argparse.Namespace, namespaces: set[str]
-) -> tuple[ClusterConfig | None, dict[str, Mapping[str, str] | None]]:
-    """The cluster config and each namespace's annotations (None: not found), read only."""
+@dataclass(frozen=True)
+class _ClusterView:
+    config: ClusterConfig | None
+    annotations: dict[str, Mapping[str, str] | None]  # None: no such Namespace
+    claims: dict[str, Mapping[str, ClaimInfo] | None]  # None: could not be listed
+
+
+def _claims(listing: Mapping[str, Any]) -> dict[str, ClaimInfo]:
+    from webhook.namespaces import ClaimInfo
+
+    found: dict[str, ClaimInfo] = {}
+    for item in listing.get("items") or ():
+        meta = item.get("metadata") or {}
+        if not isinstance(meta.get("name"), str) or meta.get("deletionTimestamp"):
+            continue  # a claim being deleted cannot be mounted by new pods: missing
+        modes = (item.get("spec") or {}).get("accessModes") or ()
+        phase = (item.get("status") or {}).get("phase") or ""
+        found[meta["name"]] = ClaimInfo(access_modes=tuple(map(str, modes)), phase=str(phase))
+    return found
+
+
+def _read_cluster(args: argparse.Namespace, namespaces: set[str]) -> _ClusterView:
+    """The cluster config, and each namespace's annotations and claims; GET requests only."""
     from kubernetes import client
     from kubernetes import config as kube_config
     from kubernetes.client.exceptions import ApiException
@@ -264,11 +284,11 @@ def _read_cluster(
     configuration.retries = 1
     api = client.ApiClient(configuration)
 
-    def get(call: Any, *call_args: str) -> dict[str, Any] | None:
+    def get(call: Any, *call_args: str, missing: tuple[int, ...] = (404,)) -> dict[str, Any] | None:
         try:
             response = call(*call_args, _preload_content=False, _request_timeout=(5, 15))
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status in missing:
                 return None
             raise _Failed(
                 EXIT_FAILED, f"preview: --cluster: {configuration.host}: {exc.status} {exc.reason}"
@@ -302,6 +322,7 @@ def _read_cluster(
                 except ConfigError as exc:
                     raise _Failed(EXIT_FAILED, f"preview: --cluster: {exc}") from exc
         annotations: dict[str, Mapping[str, str] | None] = {}
+        claims: dict[str, Mapping[str, ClaimInfo] | None] = {}
         for name in sorted(namespaces):
             obj = get(core.read_namespace, name)
             if obj is None:
@@ -310,7 +331,16 @@ def _read_cluster(
             else:
                 raw = (obj.get("metadata") or {}).get("annotations") or {}
                 annotations[name] = {str(k): str(v) for k, v in raw.items()}
-        return config, annotations
+            listing = get(core.list_namespaced_persistent_volume_claim, name, missing=(403, 404))
+            if listing is None:
+                _say(
+                    f"preview: --cluster: cannot list PersistentVolumeClaims in {name}: "
+                    "the cache claim is not checked"
+                )
+                claims[name] = None
+            else:
+                claims[name] = _claims(listing)
+        return _ClusterView(config, annotations, claims)
     finally:
         api.close()
 
@@ -385,20 +415,22 @@ def _run(args: argparse.Namespace) -> int:
     if args.webhook_url:
         results = _ask_webhook(targets, url=_webhook_url(args.webhook_url), cacert=args.cacert)
     else:
-        from_cluster: dict[str, Mapping[str, str] | None] = {}
+        cluster = _ClusterView(None, {}, {})
         if args.cluster:
-            cluster_config, from_cluster = _read_cluster(args, {t.namespace for t in targets})
-            if cluster_config is not None and not args.config:
-                config = cluster_config
+            cluster = _read_cluster(args, {t.namespace for t in targets})
+            if cluster.config is not None and not args.config:
+                config = cluster.config
 
         def view(name: str) -> NamespaceView | None:
-            layers = [from_cluster.get(name), from_file.get(name), flags or None]
-            if all(layer is None for layer in layers):
+            layers = [cluster.annotations.get(name), from_file.get(name), flags or None]
+            claims = cluster.claims.get(name)
+            if all(layer is None for layer in layers) and claims is None:
                 return None
-            merged: dict[str, str] = {}
+            merged: dict[str, str] | None = None
             for layer in layers:
-                merged.update(layer or {})
-            return NamespaceView(name=name, annotations=merged)
+                if layer is not None:
+                    merged = {**(merged or {}), **layer}
+            return NamespaceView(name=name, annotations=merged, claims=claims)
 
         for name in sorted({t.namespace for t in targets}):
             if from_file and name not in from_file:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,7 @@ def plan_gc(
         raise GcError("a usage budget needs the filesystem figures")
     entries = sorted(snapshot.entries, key=lambda e: (e.last_used, e.key))
     reasons: dict[str, str] = {}
-    candidates: list[Entry] = []
+    candidates: deque[Entry] = deque()
     for entry in entries:
         protection = _protection(entry, budget=budget, now=now, in_use=in_use)
         if protection:
@@ -245,7 +246,7 @@ def plan_gc(
     over: list[str] = []
     for name, limit in _limits(snapshot, budget=budget, total=total):
         while remaining > limit and candidates:
-            victim = candidates.pop(0)
+            victim = candidates.popleft()
             reasons[victim.key] = f"evict:{name}"
             remaining -= victim.bytes
         if remaining > limit:

@@ -5,6 +5,7 @@
 <root>/.staging/<key>.<random>/         download in progress (never served)
 <root>/.locks/<key>                     single-flight lease
 <root>/.usage/<key>                     last use and hit/miss counts (JSON)
+<root>/.trash/<key>.<time>.<random>/    an entry gc renamed out of models/ and is deleting
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ def test_forbidden_claims_turn_the_check_off_and_namespace_policy_goes_on(
 
 
 def test_claims_unknown_while_the_server_is_down(
-    kube: FakeKube, make_watcher: Callable[..., WatchedNamespaces]
+    kube: FakeKube, make_watcher: Callable[..., WatchedNamespaces], registry: CollectorRegistry
 ) -> None:
     kube.add_namespace("ml")
     watcher = started(make_watcher)
@@ -236,9 +236,23 @@ def test_claims_unknown_while_the_server_is_down(
     kube.stop()
     # a claim created meanwhile would be missed: unknown, not "missing"
     eventually(lambda: lookup(watcher, "ml").claims is None, what="claims unknown")
+    assert sample(registry, "kserve_cache_claims_synced") == 0
     kube.add_claim("ml", "cache")
     kube.start()
     eventually(lambda: claims(watcher, "ml") == {"cache": ClaimInfo(RWX, "Bound")}, what="back")
+    assert sample(registry, "kserve_cache_claims_synced") == 1
+    assert sample(registry, "kserve_cache_claim_watch_restarts_total", reason="error") >= 1
+
+
+def test_permission_revoked_while_running(
+    kube: FakeKube, make_watcher: Callable[..., WatchedNamespaces]
+) -> None:
+    kube.add_claim("ml", "cache")
+    watcher = started(make_watcher)
+    kube.forbid(CLAIMS)
+    kube.drop_connections()  # the open watch ends; the next list is refused
+    eventually(lambda: lookup(watcher, "ml").claims is None, what="claims unknown")
+    assert watcher.synced
 
 
 def test_claim_watch_off(

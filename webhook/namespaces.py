@@ -180,7 +180,7 @@ class NamespaceMetrics:
         )
         self.claims_synced = Gauge(
             "kserve_cache_claims_synced",
-            "1 while the cache claim check is on (claims listed and followed), else 0.",
+            "1 while the cache claim check is on (claims listed, list/watch working), else 0.",
             registry=registry,
         )
         self.claim_watch_restarts = Counter(
@@ -222,6 +222,7 @@ class _Reflector(Generic[V]):
         stopping: threading.Event,
         timing: _Timing,
         forbidden_effect: str,
+        synced_while_healthy: bool = False,
     ) -> None:
         self._noun = noun
         self._plural = plural
@@ -233,6 +234,8 @@ class _Reflector(Generic[V]):
         self._stopping = stopping
         self._timing = timing
         self._forbidden_effect = forbidden_effect
+        # the `synced` gauge: 1 from the first list on, or (True) only while list/watch works
+        self._synced_while_healthy = synced_while_healthy
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, V]] = {}  # namespace ("" if none) -> name -> value
         self._count = 0
@@ -340,8 +343,13 @@ class _Reflector(Generic[V]):
                 self._failed(exc, failures)
                 failures += 1
 
-    def _failed(self, exc: BaseException, failures: int) -> None:
+    def _unhealthy(self) -> None:
         self._healthy = False
+        if self._synced_while_healthy:
+            self._synced_gauge.set(0)
+
+    def _failed(self, exc: BaseException, failures: int) -> None:
+        self._unhealthy()
         self._restarts.labels(reason="error").inc()
         delay = self._pause(failures)
         logger.warning(
@@ -353,7 +361,7 @@ class _Reflector(Generic[V]):
         )
 
     def _refused(self, exc: Any, failures: int) -> None:
-        self._healthy = False
+        self._unhealthy()
         self._restarts.labels(reason="forbidden").inc()
         if not self._forbidden:
             self._forbidden = True
@@ -376,6 +384,8 @@ class _Reflector(Generic[V]):
 
     def _ok(self) -> None:
         self._healthy = True
+        if self._synced:
+            self._synced_gauge.set(1)
         if self._forbidden:
             self._forbidden = False
             logger.info("%s list/watch allowed again", self._noun)
@@ -531,6 +541,7 @@ class WatchedNamespaces:
                 forbidden_effect="cache claim check off (pods are injected without checking "
                 "that the claim exists) until the webhook's ClusterRole grants get, list, "
                 "watch on persistentvolumeclaims",
+                synced_while_healthy=True,
             )
         self._lock = threading.Lock()
         self._started = False

@@ -205,7 +205,7 @@ class _Reflector(Generic[V]):
 
     The `kubernetes` client is synchronous, hence the thread. A 410 Gone lists again; any other
     failure reconnects with exponential backoff and jitter, then lists again. A 403 is warned
-    about once per streak (RBAC not granted) and retried at the same slow pace, so granting
+    about once per streak (RBAC not granted) and retried with the same backoff, so granting
     the permission later turns the cache on without a restart.
     """
 

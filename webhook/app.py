@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
@@ -114,6 +115,20 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _parse_json(raw: bytes) -> Any:
+    """orjson for speed; what it refuses (NaN, lone surrogates, nesting deeper than 1024, bad
+    UTF-8) goes to the stdlib parser, which accepts or raises exactly as it always did."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw.decode("utf-8"))
+
+
+FLOOR_RESPONSE: Final = orjson.dumps(
+    {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"allowed": True}}
+)
+
+
 def create_app(
     *,
     store: ConfigStore | None = None,
@@ -121,7 +136,10 @@ def create_app(
     registry: CollectorRegistry | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     reload_interval: float = 2.0,
+    floor: bool = False,
 ) -> FastAPI:
+    """The webhook app. `floor=True` adds `POST /floor` for benchmarks: the same HTTP path as
+    /mutate (content type check, body read) with nothing parsed: it answers allowed, no patch."""
     state = AppState(
         store=store or ConfigStore(None),
         namespaces=namespaces or StaticNamespaces(),
@@ -161,7 +179,7 @@ def create_app(
         if raw is None:
             return _http_error(state, 413, "too-large", f"body larger than {state.max_body} bytes")
         try:
-            body = json.loads(raw.decode("utf-8"))
+            body = _parse_json(raw)
         except UnicodeDecodeError:
             return _http_error(state, 400, "encoding", "body is not UTF-8")
         except RecursionError:
@@ -190,10 +208,18 @@ def create_app(
                 "; ".join(decision.warnings),
             )
         state.metrics.latency.observe(time.perf_counter() - started)
-        return Response(
-            json.dumps(result.response, separators=(",", ":")),
-            media_type="application/json",
-        )
+        return Response(orjson.dumps(result.response), media_type="application/json")
+
+    if floor:
+
+        @app.post("/floor")
+        async def floor_endpoint(request: Request) -> Response:
+            content_type = request.headers.get("content-type", "")
+            if content_type.split(";", 1)[0].strip().lower() != "application/json":
+                return _http_error(state, 415, "content-type", "expected application/json")
+            if await _read_body(request, state.max_body) is None:
+                return _http_error(state, 413, "too-large", "body too large")
+            return Response(FLOOR_RESPONSE, media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> PlainTextResponse:

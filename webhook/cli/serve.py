@@ -64,6 +64,12 @@ def add_parser(sub: Any) -> None:
         default=0.0,
         help="on SIGTERM, report not-ready and keep serving this long before stopping",
     )
+    p.add_argument(
+        "--floor-endpoint",
+        action="store_true",
+        help="also serve POST /floor, a no-op that reads the body and answers allowed "
+        "(the baseline of benchmarks/admission; off by default)",
+    )
     p.set_defaults(run=run)
 
 
@@ -144,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         registry=registry,
         max_body=args.max_body_bytes,
         reload_interval=args.reload_interval,
+        floor=args.floor_endpoint,
     )
     config = uvicorn.Config(
         app,

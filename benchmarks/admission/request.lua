@@ -1,0 +1,35 @@
+-- wrk script: POST the AdmissionReviews listed (one file path a line) in the file given after
+-- `--`, in turn, and print the figures as one JSON line (WRKJSON ...) when done.
+
+local requests = {}
+local next_index = 0
+
+function init(args)
+  local list = assert(io.open(args[1], "r"))
+  for path in list:lines() do
+    local f = assert(io.open(path, "rb"))
+    local body = f:read("*a")
+    f:close()
+    requests[#requests + 1] =
+      wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, body)
+  end
+  list:close()
+  -- threads start at different items so that they do not send the same review at once
+  next_index = math.random(#requests) - 1
+end
+
+function request()
+  next_index = (next_index % #requests) + 1
+  return requests[next_index]
+end
+
+function done(summary, latency, _)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"errors_connect":%d,' ..
+    '"errors_read":%d,"errors_write":%d,"errors_status":%d,"errors_timeout":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean))
+end

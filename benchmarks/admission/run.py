@@ -1,0 +1,642 @@
+"""Admission load benchmark: `kserve-cache serve` over real TLS on 127.0.0.1, driven with the
+golden AdmissionReviews padded to 5-15 KB, against a no-op floor endpoint on the same server.
+
+    .venv/bin/python benchmarks/admission/run.py            # full run, ~4 minutes
+    .venv/bin/python benchmarks/admission/run.py --quick    # smoke run, ~40 seconds
+
+Saturation with `wrk` (Lua script rotating the reviews), fixed rates with `hey -q` (one process
+per review, together at the target rate), CPU time per request of the server and of the load
+generator, RSS of the server process over 100,000 admissions, and the in-process cost of
+`review()` (pytest-benchmark). Writes benchmarks/results/admission.{json,md}. Needs Debian's
+`wrk` and `hey`: installed with apt-get when missing and running as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from workload import Item, load_items, outcome_mix  # noqa: E402
+
+CLI = REPO / ".venv" / "bin" / "kserve-cache"
+PYTEST = REPO / ".venv" / "bin" / "pytest"
+RESULTS = REPO / "benchmarks" / "results"
+LUA = HERE / "request.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+TARGET_SATURATION = 1500.0
+TARGET_P99_MS = 10.0
+TARGET_P99_RATE = 500
+TARGET_FLOOR_RATIO = 0.70
+
+
+# machine -------------------------------------------------------------------------------------
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def ensure_tools() -> None:
+    missing = [tool for tool in ("wrk", "hey") if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit(f"missing {missing}: install Debian's packages: sudo apt-get install -y wrk hey")
+    print(f"installing {missing} with apt-get", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env).returncode:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, check=True)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# server --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    ca_file: Path
+
+    def url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def client(self) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return httpx.Client(verify=context, timeout=10)
+
+    def pids(self) -> list[int]:
+        return process_tree(self.process.pid)
+
+    def workers(self) -> list[int]:
+        """The processes that answer requests: the children when there are any."""
+        pids = self.pids()
+        return pids[1:] or pids
+
+
+def start_server(work: Path, extra: list[str]) -> Server:
+    port = free_port()
+    log = (work / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [
+            str(CLI),
+            "serve",
+            "--self-signed",
+            "--cert-dir",
+            str(work / "certs"),
+            "--port",
+            str(port),
+            "--no-cluster",
+            "--floor-endpoint",
+            *extra,
+        ],
+        cwd=work,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    server = Server(process, port, work / "certs" / "ca.crt")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"serve exited: {(work / 'serve.log').read_text()}")
+        if server.ca_file.exists():
+            try:
+                with server.client() as client:
+                    if client.get(server.url("/readyz")).status_code == 200:
+                        return server
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    process.kill()
+    sys.exit("serve did not come up")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+def verify_answers(server: Server, items: list[Item]) -> int:
+    """Each review answered over HTTP exactly as the in-process core answers it."""
+    from webhook.clusterconfig import ClusterConfig
+    from webhook.review import review_body
+
+    config = ClusterConfig()
+    with server.client() as client:
+        for item in items:
+            got = client.post(
+                server.url("/mutate"),
+                content=item.body,
+                headers={"content-type": "application/json"},
+            )
+            want = review_body(item.review, config=config).response
+            if got.status_code != 200 or got.json() != json.loads(json.dumps(want)):
+                sys.exit(f"{item.name}: the server's answer differs from review():\n{got.text}")
+            floor = client.post(
+                server.url("/floor"),
+                content=item.body,
+                headers={"content-type": "application/json"},
+            )
+            if floor.status_code != 200 or floor.json()["response"]["allowed"] is not True:
+                sys.exit(f"/floor: unexpected answer {floor.status_code} {floor.text}")
+    return len(items)
+
+
+# load generators -----------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    tool: str
+    endpoint: str
+    target_rate: float | None
+    seconds: float
+    requests: int
+    errors: int
+    rate: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    server_cpu_us_per_request: float
+    server_cpu_percent: float
+    generator_cpu_percent: float
+    loadavg_before: list[float] = field(default_factory=list)
+    loadavg_after: list[float] = field(default_factory=list)
+
+
+def run_wrk(
+    server: Server, endpoint: str, list_file: Path, *, seconds: float, threads: int, conns: int
+) -> Run:
+    before_load = loadavg()
+    pids = server.pids()
+    cpu0 = cpu_seconds(pids)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(LUA),
+            server.url(f"/{endpoint}"),
+            "--",
+            str(list_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output = process.stdout.read().decode()
+    process.stdout.close()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - started
+    cpu1 = cpu_seconds(pids)
+    line = next((x for x in output.splitlines() if x.startswith("WRKJSON ")), None)
+    if process.returncode or line is None:
+        sys.exit(f"wrk failed:\n{output}")
+    data = json.loads(line.removeprefix("WRKJSON "))
+    duration = data["duration_us"] / 1e6
+    errors = sum(data[k] for k in data if k.startswith("errors_"))
+    return Run(
+        tool=f"wrk -t{threads} -c{conns}",
+        endpoint=endpoint,
+        target_rate=None,
+        seconds=round(duration, 2),
+        requests=data["requests"],
+        errors=errors,
+        rate=round(data["requests"] / duration, 1),
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        server_cpu_us_per_request=round((cpu1 - cpu0) / max(1, data["requests"]) * 1e6, 1),
+        server_cpu_percent=round(100 * (cpu1 - cpu0) / wall, 1),
+        generator_cpu_percent=round(100 * (usage.ru_utime + usage.ru_stime) / wall, 1),
+        loadavg_before=before_load,
+        loadavg_after=loadavg(),
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def run_hey(
+    server: Server, endpoint: str, bodies: list[Path], *, rate: float, seconds: float
+) -> Run:
+    """`hey -q` processes, one per body, together sending `rate` requests a second."""
+    before_load = loadavg()
+    pids = server.pids()
+    cpu0 = cpu_seconds(pids)
+    workers_each = 4  # a slow answer does not hold back the next tick of the same process
+    per_worker = rate / len(bodies) / workers_each
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(
+            [
+                "hey",
+                "-z",
+                f"{seconds}s",
+                "-c",
+                str(workers_each),
+                "-q",
+                f"{per_worker:.3f}",
+                "-m",
+                "POST",
+                "-T",
+                "application/json",
+                "-D",
+                str(body),
+                "-t",
+                "5",
+                "-o",
+                "csv",
+                server.url(f"/{endpoint}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for body in bodies
+    ]
+    latencies: list[float] = []
+    errors = 0
+    generator_cpu = 0.0
+    for process in processes:
+        assert process.stdout is not None
+        output = process.stdout.read().decode()
+        process.stdout.close()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        generator_cpu += usage.ru_utime + usage.ru_stime
+        lines = output.splitlines()
+        if process.returncode or not lines or not lines[0].startswith("response-time"):
+            sys.exit(f"hey failed:\n{output[:2000]}")
+        for row in lines[1:]:
+            cols = row.split(",")
+            if len(cols) < 7:
+                continue
+            latencies.append(float(cols[0]) * 1000)
+            if cols[6] != "200":
+                errors += 1
+    wall = time.monotonic() - started
+    cpu1 = cpu_seconds(pids)
+    return Run(
+        tool=f"hey -q x{len(bodies)} processes x{workers_each} workers",
+        endpoint=endpoint,
+        target_rate=rate,
+        seconds=seconds,
+        requests=len(latencies),
+        errors=errors,
+        rate=round(len(latencies) / seconds, 1),
+        p50_ms=round(percentile(latencies, 50), 3),
+        p90_ms=round(percentile(latencies, 90), 3),
+        p99_ms=round(percentile(latencies, 99), 3),
+        max_ms=round(max(latencies, default=float("nan")), 3),
+        server_cpu_us_per_request=round((cpu1 - cpu0) / max(1, len(latencies)) * 1e6, 1),
+        server_cpu_percent=round(100 * (cpu1 - cpu0) / wall, 1),
+        generator_cpu_percent=round(100 * generator_cpu / wall, 1),
+        loadavg_before=before_load,
+        loadavg_after=loadavg(),
+    )
+
+
+# in-process ----------------------------------------------------------------------------------
+
+
+def in_process(work: Path) -> list[dict[str, Any]]:
+    out = work / "bench.json"
+    result = subprocess.run(
+        [
+            str(PYTEST),
+            str(HERE / "bench_review.py"),
+            "--benchmark-enable",
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode:
+        sys.exit(f"pytest-benchmark failed:\n{result.stdout}\n{result.stderr}")
+    data = json.loads(out.read_text())
+    return [
+        {
+            "name": bench["name"],
+            "median_us": round(bench["stats"]["median"] * 1e6, 1),
+            "mean_us": round(bench["stats"]["mean"] * 1e6, 1),
+            "min_us": round(bench["stats"]["min"] * 1e6, 1),
+            "rounds": bench["stats"]["rounds"],
+        }
+        for bench in data["benchmarks"]
+    ]
+
+
+# report --------------------------------------------------------------------------------------
+
+
+def median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+
+
+def render(results: dict[str, Any]) -> str:
+    def row(run: dict[str, Any]) -> str:
+        target = f"{run['target_rate']:.0f}/s" if run["target_rate"] else "saturation"
+        return (
+            f"| {run['endpoint']} | {target} | {run['rate']:,.0f}/s | {run['p50_ms']:.2f} | "
+            f"{run['p90_ms']:.2f} | {run['p99_ms']:.2f} | {run['errors']} | "
+            f"{run['server_cpu_us_per_request']:.0f} | {run['server_cpu_percent']:.0f} % | "
+            f"{run['generator_cpu_percent']:.0f} % | {run['loadavg_before'][0]:.1f} |"
+        )
+
+    t = results["targets"]
+    mark = {True: "met", False: "**not met**"}
+    lines = [
+        "# Admission benchmark",
+        "",
+        f"Run {results['when']} on {results['machine']['cpus']} CPUs "
+        f"({results['machine']['python']}), server `kserve-cache serve "
+        f"{' '.join(results['server_args'])}` (real TLS, 127.0.0.1), commit "
+        f"`{results['commit']}`. Load average (1 min) before the run: "
+        f"{results['loadavg_start'][0]:.2f}, after: {results['loadavg_end'][0]:.2f}: the "
+        "machine is shared, so figures move from run to run.",
+        "",
+        f"Workload: {len(results['workload']['items'])} golden AdmissionReviews padded to "
+        f"{results['workload']['min_bytes']:,}-{results['workload']['max_bytes']:,} bytes "
+        f"(outcomes: {results['workload']['mix']}).",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| >= {TARGET_SATURATION:,.0f} admissions/s at saturation | "
+        f"{t['saturation_rate']:,.0f}/s | {mark[t['saturation_ok']]} |",
+        f"| p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_P99_RATE}/s | {t['p99_ms']:.2f} ms "
+        f"| {mark[t['p99_ok']]} |",
+        f"| >= {TARGET_FLOOR_RATIO:.0%} of the floor's throughput | "
+        f"{t['floor_ratio']:.0%} | {mark[t['floor_ok']]} |",
+        "",
+        "## Load runs",
+        "",
+        "Saturation: median of the repeats (by throughput). Latencies in ms. CPU columns: server "
+        "CPU time per request, server and load-generator CPU use over the run (100 % = one "
+        "core). Load = 1-minute load average before the run.",
+        "",
+        "| endpoint | rate | throughput | p50 | p90 | p99 | errors | server CPU us/req | "
+        "server CPU | generator CPU | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [row(run) for run in results["summary"]]
+    lines += [
+        "",
+        "All saturation repeats (throughput /mutate vs /floor): "
+        + ", ".join(
+            f"{m['rate']:,.0f} vs {f['rate']:,.0f}"
+            for m, f in zip(
+                results["saturation"]["mutate"], results["saturation"]["floor"], strict=True
+            )
+        )
+        + ".",
+        "",
+        "## Memory",
+        "",
+        f"RSS of the webhook process over {results['memory']['admissions']:,} admissions: "
+        + ", ".join(
+            f"{s['admissions']:,}: {s['rss_mib']:.1f} MiB" for s in results["memory"]["samples"]
+        )
+        + ".",
+        "",
+        "## In-process cost of `review()` (pytest-benchmark)",
+        "",
+        "| benchmark | median us | mean us | min us | rounds |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {b['name']} | {b['median_us']} | {b['mean_us']} | {b['min_us']} | {b['rounds']} |"
+        for b in results["in_process"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="length of each load run")
+    parser.add_argument("--repeat", type=int, default=3, help="saturation runs per endpoint")
+    parser.add_argument("--rates", default="100,500", help="fixed rates for hey (per second)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--memory-admissions", type=int, default=100_000)
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (no memory run)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.repeat, args.memory_admissions = 3, 1, 0
+
+    ensure_tools()
+    items = load_items()
+    loadavg_start = loadavg()
+    with tempfile.TemporaryDirectory(prefix="admission-bench-") as tmp:
+        work = Path(tmp)
+        paths = []
+        for index, item in enumerate(items):
+            path = work / f"review-{index:02d}.json"
+            path.write_bytes(item.body)
+            paths.append(path)
+        list_file = work / "reviews.txt"
+        list_file.write_text("".join(f"{p}\n" for p in paths))
+        mix = outcome_mix(items)
+        # hey sends one body per process: a few mutated and skipped reviews of various sizes
+        mutated = [p for p, i in zip(paths, items, strict=True) if _mutated(i)]
+        skipped = [p for p, i in zip(paths, items, strict=True) if not _mutated(i)]
+        hey_bodies = (
+            mutated[:: max(1, len(mutated) // 3)][:3] + skipped[:: max(1, len(skipped) // 2)][:2]
+        )
+
+        server = start_server(work, args.serve_arg)
+        try:
+            worker = server.workers()[0]
+            samples = [{"admissions": 0, "rss_mib": rss_kib(worker) / 1024}]
+            verified = verify_answers(server, items)
+            print(f"answers verified for {verified} reviews; warming up", file=sys.stderr)
+            admissions = verified
+            for endpoint in ("mutate", "floor"):
+                warm = run_wrk(server, endpoint, list_file, seconds=2, threads=1, conns=8)
+                admissions += warm.requests if endpoint == "mutate" else 0
+
+            saturation: dict[str, list[Run]] = {"mutate": [], "floor": []}
+            for _ in range(args.repeat):
+                for endpoint in ("mutate", "floor"):
+                    run = run_wrk(
+                        server,
+                        endpoint,
+                        list_file,
+                        seconds=args.seconds,
+                        threads=args.threads,
+                        conns=args.connections,
+                    )
+                    print(
+                        f"saturation {endpoint}: {run.rate}/s p99 {run.p99_ms} ms", file=sys.stderr
+                    )
+                    saturation[endpoint].append(run)
+                    admissions += run.requests if endpoint == "mutate" else 0
+            fixed: list[Run] = []
+            for rate in [float(r) for r in args.rates.split(",") if r]:
+                for endpoint in ("mutate", "floor"):
+                    run = run_hey(server, endpoint, hey_bodies, rate=rate, seconds=args.seconds)
+                    print(
+                        f"{rate:.0f}/s {endpoint}: {run.rate}/s p99 {run.p99_ms} ms",
+                        file=sys.stderr,
+                    )
+                    fixed.append(run)
+                    admissions += run.requests if endpoint == "mutate" else 0
+            samples.append({"admissions": admissions, "rss_mib": rss_kib(worker) / 1024})
+            while admissions < args.memory_admissions:
+                run = run_wrk(
+                    server,
+                    "mutate",
+                    list_file,
+                    seconds=10,
+                    threads=args.threads,
+                    conns=args.connections,
+                )
+                admissions += run.requests
+                samples.append({"admissions": admissions, "rss_mib": rss_kib(worker) / 1024})
+                print(f"memory: {samples[-1]}", file=sys.stderr)
+        finally:
+            stop_server(server)
+        benches = in_process(work)
+
+    mutate_sat = median_run(saturation["mutate"])
+    floor_sat = median_run(saturation["floor"])
+    at_target = next(
+        (r for r in fixed if r.endpoint == "mutate" and r.target_rate == TARGET_P99_RATE), None
+    )
+    ratio = mutate_sat.rate / floor_sat.rate
+    p99 = at_target.p99_ms if at_target else float("nan")
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "server_args": ["--self-signed", "--no-cluster", "--floor-endpoint", *args.serve_arg],
+        "loadavg_start": loadavg_start,
+        "loadavg_end": loadavg(),
+        "workload": {
+            "items": [{"name": i.name, "bytes": len(i.body)} for i in items],
+            "min_bytes": min(len(i.body) for i in items),
+            "max_bytes": max(len(i.body) for i in items),
+            "mix": mix,
+            "hey_bodies": [p.name for p in hey_bodies],
+        },
+        "targets": {
+            "saturation_rate": mutate_sat.rate,
+            "saturation_ok": mutate_sat.rate >= TARGET_SATURATION,
+            "p99_ms": p99,
+            "p99_ok": p99 <= TARGET_P99_MS,
+            "floor_ratio": round(ratio, 3),
+            "floor_ok": ratio >= TARGET_FLOOR_RATIO,
+        },
+        "summary": [asdict(mutate_sat), asdict(floor_sat), *[asdict(r) for r in fixed]],
+        "saturation": {k: [asdict(r) for r in v] for k, v in saturation.items()},
+        "memory": {"admissions": admissions, "samples": samples},
+        "in_process": benches,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "admission.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "admission.md").write_text(render(results))
+    print(render(results))
+    return 0
+
+
+def _mutated(item: Item) -> bool:
+    from webhook.clusterconfig import ClusterConfig
+    from webhook.review import review_body
+
+    return review_body(item.review, config=ClusterConfig()).decision.kind == "mutated"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

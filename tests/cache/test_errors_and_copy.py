@@ -10,10 +10,10 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from kserve_storage.storage_errors import get_storage_error_message
 
-from webhook.cache.copy import copy_entry
+from webhook.cache.copy import EntryVanished, copy_manifest_files
 from webhook.cache.download import classify_error
 from webhook.cache.fetch import EXIT_CODES, ErrorKind
-from webhook.cache.layout import MANIFEST_NAME
+from webhook.cache.layout import MANIFEST_NAME, FileEntry, Manifest
 
 
 def client_error(code: str) -> ClientError:
@@ -86,7 +86,7 @@ def test_exit_codes_are_distinct_and_documented() -> None:
         assert f"| {kind.exit_code} | `{kind.value}` |" in doc
 
 
-def test_copy_entry_copies_a_tree_in_parallel(tmp_path: Path) -> None:
+def _entry(tmp_path: Path) -> tuple[Path, dict[str, bytes], Manifest]:
     source = tmp_path / "entry"
     files = {f"shard-{i}.bin": os.urandom(10_000 + i) for i in range(20)}
     files["tok/vocab.txt"] = b"a\nb\n"
@@ -94,15 +94,43 @@ def test_copy_entry_copies_a_tree_in_parallel(tmp_path: Path) -> None:
     for name, body in files.items():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_bytes(body)
-    (source / MANIFEST_NAME).write_text("{}")
+    manifest = Manifest(
+        uri="s3://b/m",
+        revision="",
+        key="m-0123456789abcdef",
+        files=tuple(FileEntry(path=n, size=len(b)) for n, b in sorted(files.items())),
+        bytes=sum(map(len, files.values())),
+        created_at=0.0,
+        download_seconds=0.0,
+    )
+    (source / MANIFEST_NAME).write_text(manifest.to_json())
+    return source, files, manifest
+
+
+def test_copy_copies_the_manifest_files_in_parallel(tmp_path: Path) -> None:
+    source, files, manifest = _entry(tmp_path)
     dest = tmp_path / "mnt" / "models"
     dest.mkdir(parents=True)
     (dest / "shard-0.bin").write_bytes(b"stale bytes from an earlier run, longer than before" * 999)
 
-    stats = copy_entry(source, dest, workers=4)
+    stats = copy_manifest_files(source, dest, manifest, workers=4)
     copied = {
         p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()
     }
     assert copied == files
     assert stats.files == len(files)
     assert stats.bytes == sum(map(len, files.values()))
+
+
+def test_copy_of_an_evicted_or_changed_entry_is_refused(tmp_path: Path) -> None:
+    source, _, manifest = _entry(tmp_path)
+    (source / "shard-3.bin").unlink()
+    with pytest.raises(EntryVanished, match="disappeared"):
+        copy_manifest_files(source, tmp_path / "a", manifest)
+    (source / "shard-3.bin").write_bytes(b"short")
+    with pytest.raises(EntryVanished, match="the manifest says"):
+        copy_manifest_files(source, tmp_path / "b", manifest)
+    evicted = source.rename(tmp_path / "trash")
+    with pytest.raises(EntryVanished):
+        copy_manifest_files(source, tmp_path / "c", manifest)
+    assert evicted.exists()

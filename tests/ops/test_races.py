@@ -57,19 +57,11 @@ def model(tmp_path: Path) -> Path:
     return src
 
 
-COPY_GAP = (
-    "copy mode can report success with an empty or partial folder when the entry is evicted "
-    "between the lookup and the copy: webhook.cache.copy.copy_entry walks a source that may "
-    "be gone (os.walk ignores the error) and nothing checks the copy against the manifest; "
-    "fetch should verify the copy and fetch again (helper A's copy/fetch)"
-)
-
-
 @pytest.mark.parametrize(
     "mode",
     [
         pytest.param("mount", id="mount"),
-        pytest.param("copy", id="copy", marks=pytest.mark.xfail(reason=COPY_GAP, strict=False)),
+        pytest.param("copy", id="copy"),
     ],
 )
 def test_gc_evicting_while_fetch_starts(model: Path, tmp_path: Path, mode: str) -> None:

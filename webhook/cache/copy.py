@@ -10,13 +10,12 @@ import errno
 import logging
 import os
 import shutil
-from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from webhook.cache.layout import MANIFEST_NAME
+from webhook.cache.layout import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -33,31 +32,43 @@ class CopyStats:
     bytes: int
 
 
-def copy_entry(
-    source: Path,
-    dest: Path,
-    *,
-    exclude: Collection[str] = (MANIFEST_NAME,),
-    workers: int = DEFAULT_WORKERS,
+class EntryVanished(RuntimeError):
+    """The entry was evicted (or changed) while it was being copied: the copy is incomplete."""
+
+
+def copy_manifest_files(
+    source: Path, dest: Path, manifest: Manifest, *, workers: int = DEFAULT_WORKERS
 ) -> CopyStats:
-    """Copy the tree at `source` into `dest` (created if needed), skipping top-level `exclude`."""
-    jobs: list[tuple[Path, Path]] = []
+    """Copy exactly the files the manifest lists and check each size against it.
+
+    Walking the folder instead would silently copy nothing from an entry that gc evicted a
+    moment ago; the manifest says what a complete copy is.
+    """
+    jobs: list[tuple[Path, Path, int]] = []
+    for entry in manifest.files:
+        rel = Path(entry.path)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise EntryVanished(
+                f"manifest of {source} lists a path outside the entry: {entry.path}"
+            )
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((source / rel, dest / rel, entry.size))
+
+    def one(job: tuple[Path, Path, int]) -> int:
+        src, dst, expected = job
+        try:
+            size = copy_file(src, dst)
+        except FileNotFoundError as exc:
+            raise EntryVanished(f"{src} disappeared during the copy") from exc
+        if size != expected:
+            raise EntryVanished(f"{src} is {size} bytes, the manifest says {expected}")
+        return size
+
     dest.mkdir(parents=True, exist_ok=True)
-    for dirpath, dirnames, filenames in os.walk(source):
-        here = Path(dirpath)
-        rel = here.relative_to(source)
-        if here == source:
-            dirnames[:] = [d for d in dirnames if d not in exclude]
-        for name in dirnames:
-            (dest / rel / name).mkdir(exist_ok=True)
-        for name in filenames:
-            if here == source and name in exclude:
-                continue
-            jobs.append((here / name, dest / rel / name))
     total = 0
     if jobs:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-            for size in pool.map(lambda job: copy_file(*job), jobs):
+            for size in pool.map(one, jobs):
                 total += size
     logger.info("copied %d files (%d bytes) from %s to %s", len(jobs), total, source, dest)
     return CopyStats(files=len(jobs), bytes=total)

@@ -56,11 +56,14 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(run=run)
 
 
+COPY_ATTEMPTS = 3
+
+
 def run(args: argparse.Namespace) -> int:
-    from webhook.cache.copy import copy_entry
+    from webhook.cache.copy import EntryVanished, copy_manifest_files
     from webhook.cache.download import default_downloader
     from webhook.cache.fetch import ErrorKind, FetchError, fetch_entry
-    from webhook.cache.layout import Layout
+    from webhook.cache.layout import Layout, read_manifest
 
     # A deleted pod gets SIGTERM: unwind so the staging folder is removed and the lease freed.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -72,37 +75,53 @@ def run(args: argparse.Namespace) -> int:
                 ErrorKind.CACHE_NOT_WRITABLE,
                 f"cache root {root} is not a directory: is the cache PVC mounted there?",
             )
-        result = fetch_entry(
-            Layout(root),
-            uri=args.uri,
-            key=args.key,
-            revision=args.revision,
-            downloader=default_downloader(),
-            lease_ttl=args.lease_ttl,
-            wait_timeout=args.wait_timeout,
-            on_phase=_pause_hook(os.environ.get(PAUSE_ENV, "")),
-        )
-        line: dict[str, Any] = {
-            "outcome": result.outcome,
-            "key": result.key,
-            "uri": result.uri,
-            "revision": result.revision,
-            "bytes": result.bytes,
-            "files": result.files,
-            "seconds": round(result.seconds, 3),
-            "download_seconds": round(result.download_seconds, 3),
-            "path": str(result.path),
-        }
-        if args.copy_to is not None:
+        layout = Layout(root)
+        for attempt in range(1, COPY_ATTEMPTS + 1):
+            result = fetch_entry(
+                layout,
+                uri=args.uri,
+                key=args.key,
+                revision=args.revision,
+                downloader=default_downloader(),
+                lease_ttl=args.lease_ttl,
+                wait_timeout=args.wait_timeout,
+                on_phase=_pause_hook(os.environ.get(PAUSE_ENV, "")),
+            )
+            line: dict[str, Any] = {
+                "outcome": result.outcome,
+                "key": result.key,
+                "uri": result.uri,
+                "revision": result.revision,
+                "bytes": result.bytes,
+                "files": result.files,
+                "seconds": round(result.seconds, 3),
+                "download_seconds": round(result.download_seconds, 3),
+                "path": str(result.path),
+            }
+            if args.copy_to is None:
+                break
             began = time.monotonic()
+            manifest = read_manifest(layout, args.key)
             try:
-                stats = copy_entry(result.path, args.copy_to)
+                if manifest is None:
+                    raise EntryVanished(f"{result.path} was evicted before the copy")
+                stats = copy_manifest_files(result.path, args.copy_to, manifest)
+            except EntryVanished as exc:
+                # gc evicted the entry under us: what was copied is incomplete, fetch again.
+                logger.warning("copy attempt %d incomplete, fetching again: %s", attempt, exc)
+                if attempt == COPY_ATTEMPTS:
+                    raise FetchError(
+                        ErrorKind.DOWNLOAD_FAILED,
+                        f"the cache entry kept disappearing while copying it: {exc}",
+                    ) from exc
+                continue
             except OSError as exc:
                 raise _copy_error(exc, args.copy_to) from exc
             line["copied_to"] = str(args.copy_to)
             line["copy_seconds"] = round(time.monotonic() - began, 3)
             line["copied_bytes"] = stats.bytes
             line["seconds"] = round(time.monotonic() - start, 3)
+            break
     except FetchError as exc:
         return _fail(args, exc.kind.value, exc.kind.exit_code, exc.message, start)
     except Exception as exc:  # the init container must always leave a readable reason

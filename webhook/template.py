@@ -54,13 +54,21 @@ def render(text: str, values: Mapping[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def json_copy(value: Any) -> Any:
     """A deep copy of JSON data (dicts, lists, scalars): copy.deepcopy without its memo and
     dispatch, which dominated the cost of building the container."""
+    kind = type(value)
+    if kind is dict:
+        return {k: json_copy(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [json_copy(v) for v in value]
+    if kind in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         return {k: json_copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_copy(v) for v in value]
     return value
 
 

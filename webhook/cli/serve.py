@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -65,6 +68,13 @@ def add_parser(sub: Any) -> None:
         help="on SIGTERM, report not-ready and keep serving this long before stopping",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), for more than one core; each "
+        "reloads the certificate and config and watches Namespaces itself (default 1)",
+    )
+    p.add_argument(
         "--floor-endpoint",
         action="store_true",
         help="also serve POST /floor, a no-op that reads the body and answers allowed "
@@ -98,6 +108,63 @@ class _GracefulServer:
         return Server(config)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket that other worker processes bind too: the kernel spreads the
+    connections between them."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _supervise(args: argparse.Namespace, *, cert_file: Path, key_file: Path) -> int:
+    """Fork `args.workers` servers; forward SIGTERM/SIGINT to them (each drains on its own) and
+    wait. A worker that dies on its own stops the others: the pod restarts as a whole."""
+    children: list[int] = []
+    for _ in range(args.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker: serve as a single process on a shared port
+            os.setpgid(0, 0)  # Ctrl-C reaches the supervisor only, which forwards it once
+            worker = argparse.Namespace(**vars(args))
+            worker.workers, worker.reuse_port, worker.self_signed = 1, True, False
+            worker.cert_file, worker.key_file = cert_file, key_file
+            code = 1
+            try:
+                code = run(worker)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    logger.info("supervising %d workers: %s", len(children), children)
+    stopping = False
+
+    def forward(sig: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        remaining.discard(pid)
+        exit_code = os.waitstatus_to_exitcode(status)
+        if not stopping:
+            logger.error("worker %s exited (%s): stopping the others", pid, exit_code)
+            forward(signal.SIGTERM, None)
+            code = 1
+        elif exit_code != 0:
+            code = code or 1
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -128,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"serve: {exc}", file=sys.stderr)  # noqa: T201
         return 2
+
+    if args.workers > 1:
+        return _supervise(args, cert_file=cert_file, key_file=key_file)
 
     from prometheus_client import CollectorRegistry
 
@@ -170,12 +240,16 @@ def run(args: argparse.Namespace) -> int:
     reloader = CertReloader(harden(config.ssl), cert_file, key_file)
     server = _GracefulServer.make(config, state=app.state.kc, drain_seconds=args.drain_seconds)
 
+    sockets = [_listen(args.host, args.port)] if getattr(args, "reuse_port", False) else None
+
     async def main() -> None:
         watcher = asyncio.create_task(reloader.run(args.reload_interval))
         namespaces.start()
         try:
-            await server.serve()
+            await server.serve(sockets=sockets)
         finally:
+            for sock in sockets or ():
+                sock.close()
             namespaces.stop()  # blocks briefly: the server has stopped by now
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -469,3 +469,24 @@ def test_pvc_examples_are_rwx_on_their_storage_class() -> None:
         if d and d["kind"] == "StorageClass"
     }
     assert provisioners == {"nfs.csi.k8s.io", "efs.csi.aws.com"}
+
+
+def test_gc_cronjob_example_is_a_valid_gc_command(tmp_path: Path) -> None:
+    docs = [
+        d for d in yaml.safe_load_all((MANIFESTS / "examples" / "gc-cronjob.yaml").read_text()) if d
+    ]
+    cronjob = next(d for d in docs if d["kind"] == "CronJob")
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (gc,) = pod["containers"]
+    (mount,) = gc["volumeMounts"]
+    # --cache-root must exist when parsed: stand the mounted volume in with a folder here.
+    local = [str(tmp_path) if arg == mount["mountPath"] else arg for arg in gc["args"]]
+    assert local != gc["args"]
+    args = build_parser().parse_args(local)
+    assert args.command == "gc"
+    (volume,) = pod["volumes"]
+    assert volume["name"] == mount["name"]
+    assert volume["persistentVolumeClaim"]["claimName"] == ClusterConfig().pvc
+    assert pod["securityContext"]["fsGroup"] == ClusterConfig().fsGroup
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]

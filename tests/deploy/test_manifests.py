@@ -471,22 +471,37 @@ def test_pvc_examples_are_rwx_on_their_storage_class() -> None:
     assert provisioners == {"nfs.csi.k8s.io", "efs.csi.aws.com"}
 
 
-def test_gc_cronjob_example_is_a_valid_gc_command(tmp_path: Path) -> None:
-    docs = [
-        d for d in yaml.safe_load_all((MANIFESTS / "examples" / "gc-cronjob.yaml").read_text()) if d
-    ]
-    cronjob = next(d for d in docs if d["kind"] == "CronJob")
-    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    (gc,) = pod["containers"]
-    (mount,) = gc["volumeMounts"]
+def _job_pod(doc: dict[str, Any]) -> dict[str, Any]:
+    spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+    pod: dict[str, Any] = spec["template"]["spec"]
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("file", "command", "image"),
+    [
+        pytest.param("gc-cronjob.yaml", "gc", "ghcr.io/kserve-cache/kserve-cache:0.1.0", id="gc"),
+        pytest.param("warm-job.yaml", "warm", ClusterConfig().initContainer.image, id="warm"),
+    ],
+)
+def test_job_examples_run_valid_commands(
+    tmp_path: Path, file: str, command: str, image: str
+) -> None:
+    docs = [d for d in yaml.safe_load_all((MANIFESTS / "examples" / file).read_text()) if d]
+    job = next(d for d in docs if d["kind"] in {"Job", "CronJob"})
+    pod = _job_pod(job)
+    (main,) = pod["containers"]
+    assert main["image"] == image
+    mounts = {m["name"]: m for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"]["persistentVolumeClaim"]["claimName"] == ClusterConfig().pvc
     # --cache-root must exist when parsed: stand the mounted volume in with a folder here.
-    local = [str(tmp_path) if arg == mount["mountPath"] else arg for arg in gc["args"]]
-    assert local != gc["args"]
+    local = [str(tmp_path) if a == mounts["cache"]["mountPath"] else a for a in main["args"]]
+    assert local != main["args"]
     args = build_parser().parse_args(local)
-    assert args.command == "gc"
-    (volume,) = pod["volumes"]
-    assert volume["name"] == mount["name"]
-    assert volume["persistentVolumeClaim"]["claimName"] == ClusterConfig().pvc
+    assert args.command == command
     assert pod["securityContext"]["fsGroup"] == ClusterConfig().fsGroup
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    if command == "gc":
+        role = next(d for d in docs if d["kind"] == "ClusterRole")
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]

@@ -137,10 +137,13 @@ def _supervise(args: argparse.Namespace, *, cert_file: Path, key_file: Path) -> 
         children.append(pid)
     logger.info("supervising %d workers: %s", len(children), children)
     stopping = False
+    received: list[int] = []
 
-    def forward(sig: int, _frame: FrameType | None) -> None:
+    def forward(sig: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        if frame is not None:  # a real signal, not a worker's death
+            received.append(sig)
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, sig)
@@ -160,8 +163,12 @@ def _supervise(args: argparse.Namespace, *, cert_file: Path, key_file: Path) -> 
             logger.error("worker %s exited (%s): stopping the others", pid, exit_code)
             forward(signal.SIGTERM, None)
             code = 1
-        elif exit_code != 0:
+        elif exit_code not in (0, -signal.SIGTERM, -signal.SIGINT):
             code = code or 1
+    if code == 0 and received:
+        # like a single uvicorn process: end by the signal that stopped us (exit code 143)
+        signal.signal(received[0], signal.SIG_DFL)
+        signal.raise_signal(received[0])
     return code
 
 

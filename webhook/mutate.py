@@ -32,9 +32,7 @@ def status_annotation(spec: FetchSpec, policy: Policy) -> str:
     }
     if spec.revision:
         status["revision"] = spec.revision
-    decided = {k: v.value for k, v in sorted(policy.sources.items())}
-    if decided:
-        status["by"] = decided
+    status["by"] = policy.status_sources()
     return json.dumps(status, sort_keys=True, separators=(",", ":"))
 
 

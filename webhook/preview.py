@@ -682,13 +682,21 @@ def _rows(result: Result) -> list[tuple[str, str, str]]:
         return []
     by_raw = status.get("by")
     by: dict[str, Any] = by_raw if isinstance(by_raw, dict) else {}
-    rows = [("pvc", str(status.get("pvc", "")), str(by.get("pvc", "built-in or cluster")))]
-    rows.append(
-        ("serving-mode", str(status.get("mode", "")), str(by.get("serving-mode", "built-in")))
-    )
-    if status.get("revision"):
-        rows.append(("revision", str(status["revision"]), "pod"))
-    return rows
+    layers = {"default": "built-in", "ns": "namespace"}
+    values = {
+        "pvc": status.get("pvc"),
+        "mode": status.get("mode"),
+        "revision": status.get("revision"),
+    }
+    settings = {"mode": "serving-mode", "fsGroup": "fs-group"}
+    return [
+        (
+            settings.get(short, short),
+            str(values.get(short) or ""),
+            layers.get(str(layer), str(layer)),
+        )
+        for short, layer in by.items()
+    ]
 
 
 NamespaceLookup = Callable[[str], NamespaceView | None]

@@ -147,7 +147,8 @@ def test_webhook_url_explains_from_the_status_annotation(
     assert "outcome    mutated" in run.err
     # no policy object comes back: the rows are read from the status annotation
     rows = [line.split() for line in run.err.splitlines() if line.startswith("  ")]
-    assert ["pvc", "kserve-model-cache", "built-in", "or", "cluster"] in rows
+    assert ["pvc", "kserve-model-cache", "built-in"] in rows
+    assert ["serving-mode", "mount", "built-in"] in rows
     assert ["revision", "v1", "pod"] in rows
     (pod,) = run.yaml()
     status = json.loads(pod["metadata"]["annotations"]["cache.kserve.io/status"])

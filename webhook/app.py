@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,6 +23,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import Receive, Scope, Send
 
 from webhook.config import ConfigStore
 from webhook.namespaces import NamespaceSource, StaticNamespaces
@@ -95,24 +96,49 @@ async def _watch_config(state: AppState) -> None:
             logger.exception("config refresh failed")
 
 
-def _http_error(state: AppState, status: int, reason: str, message: str) -> JSONResponse:
+JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+
+def _http_error(state: AppState, status: int, reason: str, message: str) -> Answer:
     state.metrics.bad_requests.labels(reason).inc()
-    return JSONResponse({"error": message}, status_code=status)
+    return Answer(status, orjson.dumps({"error": message}))
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
+class _Disconnected(Exception):
+    """The client went away before sending the whole body: nothing to answer."""
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
     """The body, or None when it is larger than `limit` (read no further than that)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = _header(scope, b"content-length")
+    if declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
 
 
 def _parse_json(raw: bytes) -> Any:
@@ -129,6 +155,100 @@ FLOOR_RESPONSE: Final = orjson.dumps(
 )
 
 
+def _is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
+    """POST /mutate: one AdmissionReview in, one out; malformed requests get a JSON error."""
+    started = time.perf_counter()
+    content_type = _header(scope, b"content-type")
+    if not _is_json(content_type):
+        return _http_error(
+            state, 415, "content-type", f"expected application/json, got {content_type!r}"
+        )
+    raw = await _read_body(scope, receive, state.max_body)
+    if raw is None:
+        return _http_error(state, 413, "too-large", f"body larger than {state.max_body} bytes")
+    try:
+        body = _parse_json(raw)
+    except UnicodeDecodeError:
+        return _http_error(state, 400, "encoding", "body is not UTF-8")
+    except RecursionError:
+        return _http_error(state, 400, "nesting", "body is nested too deeply")
+    except ValueError as exc:
+        return _http_error(state, 400, "json", f"body is not JSON: {exc}")
+    try:
+        admission = parse_review(body)
+    except BadReview as exc:
+        return _http_error(state, 400, "envelope", f"not an AdmissionReview: {exc}")
+    view = await state.namespaces.lookup(admission.namespace)
+    result = review(admission, config=state.store.config, namespace=view)
+    decision = result.decision
+    state.metrics.admissions.labels(
+        decision.kind, decision.reason.value if decision.reason else ""
+    ).inc()
+    # One line per pod only when something needs reading; outcomes are in the metrics and,
+    # per pod, in the API server's audit annotations and the pod's status annotation.
+    level = logging.INFO if decision.kind == "error" or decision.warnings else logging.DEBUG
+    if logger.isEnabledFor(level):
+        meta = admission.object.get("metadata")
+        logger.log(
+            level,
+            "pod %s/%s: %s %s %s",
+            admission.namespace,
+            meta.get("generateName", "") if isinstance(meta, dict) else "",
+            decision.kind,
+            decision.reason.value if decision.reason else decision.key or "",
+            "; ".join(decision.warnings),
+        )
+    state.metrics.latency.observe(time.perf_counter() - started)
+    return Answer(200, orjson.dumps(result.response))
+
+
+async def _floor(state: AppState, scope: Scope, receive: Receive) -> Answer:
+    """POST /floor: the HTTP part of /mutate (content type, body read), nothing parsed."""
+    if not _is_json(_header(scope, b"content-type")):
+        return _http_error(state, 415, "content-type", "expected application/json")
+    if await _read_body(scope, receive, state.max_body) is None:
+        return _http_error(state, 413, "too-large", "body too large")
+    return Answer(200, FLOOR_RESPONSE)
+
+
+class WebhookApp:
+    """The ASGI app: POST /mutate (and /floor when enabled) are answered straight from the ASGI
+    messages; health, readiness, metrics and lifespan go to FastAPI. FastAPI's middleware,
+    routing and dependency solving cost as much CPU as a whole floor request, so the admission
+    path, run for every pod, does without them."""
+
+    def __init__(self, api: FastAPI, state: AppState, *, floor: bool) -> None:
+        self.api = api
+        self.state = api.state  # `app.state.kc` is the AppState, as on the FastAPI app
+        self._kc = state
+        self._routes = {"/mutate": _admit, **({"/floor": _floor} if floor else {})}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await self.api(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            answer = Answer(405, orjson.dumps({"error": "use POST"}))
+        else:
+            try:
+                answer = await handler(self._kc, scope, receive)
+            except _Disconnected:
+                return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [*JSON_HEADERS, (b"content-length", b"%d" % len(answer.body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+
 def create_app(
     *,
     store: ConfigStore | None = None,
@@ -137,7 +257,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     reload_interval: float = 2.0,
     floor: bool = False,
-) -> FastAPI:
+) -> WebhookApp:
     """The webhook app. `floor=True` adds `POST /floor` for benchmarks: the same HTTP path as
     /mutate (content type check, body read) with nothing parsed: it answers allowed, no patch."""
     state = AppState(
@@ -167,60 +287,6 @@ def create_app(
     )
     app.state.kc = state
 
-    @app.post("/mutate")
-    async def mutate(request: Request) -> Response:
-        started = time.perf_counter()
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";", 1)[0].strip().lower() != "application/json":
-            return _http_error(
-                state, 415, "content-type", f"expected application/json, got {content_type!r}"
-            )
-        raw = await _read_body(request, state.max_body)
-        if raw is None:
-            return _http_error(state, 413, "too-large", f"body larger than {state.max_body} bytes")
-        try:
-            body = _parse_json(raw)
-        except UnicodeDecodeError:
-            return _http_error(state, 400, "encoding", "body is not UTF-8")
-        except RecursionError:
-            return _http_error(state, 400, "nesting", "body is nested too deeply")
-        except ValueError as exc:
-            return _http_error(state, 400, "json", f"body is not JSON: {exc}")
-        try:
-            admission = parse_review(body)
-        except BadReview as exc:
-            return _http_error(state, 400, "envelope", f"not an AdmissionReview: {exc}")
-        view = await state.namespaces.lookup(admission.namespace)
-        result = review(admission, config=state.store.config, namespace=view)
-        decision = result.decision
-        state.metrics.admissions.labels(
-            decision.kind, decision.reason.value if decision.reason else ""
-        ).inc()
-        if decision.kind in ("mutated", "error") or decision.warnings:
-            logger.info(
-                "pod %s/%s: %s %s %s",
-                admission.namespace,
-                admission.object.get("metadata", {}).get("generateName", "")
-                if isinstance(admission.object.get("metadata"), dict)
-                else "",
-                decision.kind,
-                decision.reason.value if decision.reason else decision.key or "",
-                "; ".join(decision.warnings),
-            )
-        state.metrics.latency.observe(time.perf_counter() - started)
-        return Response(orjson.dumps(result.response), media_type="application/json")
-
-    if floor:
-
-        @app.post("/floor")
-        async def floor_endpoint(request: Request) -> Response:
-            content_type = request.headers.get("content-type", "")
-            if content_type.split(";", 1)[0].strip().lower() != "application/json":
-                return _http_error(state, 415, "content-type", "expected application/json")
-            if await _read_body(request, state.max_body) is None:
-                return _http_error(state, 413, "too-large", "body too large")
-            return Response(FLOOR_RESPONSE, media_type="application/json")
-
     @app.get("/healthz")
     async def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -244,4 +310,4 @@ def create_app(
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return WebhookApp(app, state, floor=floor)

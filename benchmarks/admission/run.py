@@ -430,73 +430,180 @@ def render(results: dict[str, Any]) -> str:
             f"{run['generator_cpu_percent']:.0f} % | {run['loadavg_before'][0]:.1f} |"
         )
 
-    t = results["targets"]
     mark = {True: "met", False: "**not met**"}
+    configs = results["configs"]
+    workload = results["workload"]
+    hey = ", ".join(f"{b['name']} ({b['bytes']:,} B)" for b in workload["hey_bodies"])
     lines = [
         "# Admission benchmark",
         "",
         f"Run {results['when']} on {results['machine']['cpus']} CPUs "
-        f"({results['machine']['python']}), server `kserve-cache serve "
-        f"{' '.join(results['server_args'])}` (real TLS, 127.0.0.1), commit "
-        f"`{results['commit']}`. Load average (1 min) before the run: "
-        f"{results['loadavg_start'][0]:.2f}, after: {results['loadavg_end'][0]:.2f}: the "
-        "machine is shared, so figures move from run to run.",
+        f"(Python {results['machine']['python']}), `kserve-cache serve --self-signed "
+        f"--no-cluster --floor-endpoint --workers N` (real TLS, 127.0.0.1), commit "
+        f"`{results['commit']}`. Load average (1 min) at the start: "
+        f"{results['loadavg_start'][0]:.2f}, at the end: {results['loadavg_end'][0]:.2f}; the "
+        "machine is shared with other jobs and the load generator runs on the same two cores, "
+        "so figures move from run to run (the load before each run is in the tables).",
         "",
-        f"Workload: {len(results['workload']['items'])} golden AdmissionReviews padded to "
-        f"{results['workload']['min_bytes']:,}-{results['workload']['max_bytes']:,} bytes "
-        f"(outcomes: {results['workload']['mix']}).",
+        f"Workload: {len(workload['items'])} golden AdmissionReviews padded to "
+        f"{workload['min_bytes']:,}-{workload['max_bytes']:,} bytes; outcomes "
+        f"{workload['mix']}. Saturation: `wrk` rotating all of them. Fixed rates: `hey -q`, "
+        f"one process per body: {hey}.",
         "",
         "## Targets",
         "",
-        "| target | measured | |",
-        "|---|---|---|",
+        "| target | " + " | ".join(f"--workers {c['workers']}" for c in configs) + " |",
+        "|---|" + "---|" * len(configs),
         f"| >= {TARGET_SATURATION:,.0f} admissions/s at saturation | "
-        f"{t['saturation_rate']:,.0f}/s | {mark[t['saturation_ok']]} |",
-        f"| p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_P99_RATE}/s | {t['p99_ms']:.2f} ms "
-        f"| {mark[t['p99_ok']]} |",
+        + " | ".join(
+            f"{c['targets']['saturation_rate']:,.0f}/s {mark[c['targets']['saturation_ok']]}"
+            for c in configs
+        )
+        + " |",
+        f"| p99 <= {TARGET_P99_MS:.0f} ms at {TARGET_P99_RATE}/s | "
+        + " | ".join(
+            f"{c['targets']['p99_ms']:.2f} ms {mark[c['targets']['p99_ok']]}" for c in configs
+        )
+        + " |",
         f"| >= {TARGET_FLOOR_RATIO:.0%} of the floor's throughput | "
-        f"{t['floor_ratio']:.0%} | {mark[t['floor_ok']]} |",
-        "",
-        "## Load runs",
-        "",
-        "Saturation: median of the repeats (by throughput). Latencies in ms. CPU columns: server "
-        "CPU time per request, server and load-generator CPU use over the run (100 % = one "
-        "core). Load = 1-minute load average before the run.",
-        "",
-        "| endpoint | rate | throughput | p50 | p90 | p99 | errors | server CPU us/req | "
-        "server CPU | generator CPU | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        + " | ".join(
+            f"{c['targets']['floor_ratio']:.0%} {mark[c['targets']['floor_ok']]}" for c in configs
+        )
+        + " |",
     ]
-    lines += [row(run) for run in results["summary"]]
+    for config in configs:
+        memory = config["memory"]
+        lines += [
+            "",
+            f"## --workers {config['workers']}",
+            "",
+            "Saturation: median of the repeats (by throughput). Latencies in ms. CPU: server CPU "
+            "time per request, server and load-generator CPU use over the run (100 % = one "
+            "core). Load: 1-minute load average before the run.",
+            "",
+            "| endpoint | rate | throughput | p50 | p90 | p99 | errors | server CPU us/req | "
+            "server CPU | generator CPU | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *(row(run) for run in config["summary"]),
+            "",
+            "All saturation repeats, /mutate vs /floor: "
+            + ", ".join(
+                f"{m['rate']:,.0f} vs {f['rate']:,.0f}"
+                for m, f in zip(
+                    config["saturation"]["mutate"], config["saturation"]["floor"], strict=True
+                )
+            )
+            + ".",
+            "",
+            f"Memory: RSS (MiB) of each of the {memory['workers']} worker process(es) over "
+            f"{memory['admissions']:,} admissions in all (each worker answers about its share):",
+            "",
+            "| admissions (all workers) | RSS per worker (MiB) |",
+            "|---|---|",
+            *(
+                f"| {s['admissions']:,} | {', '.join(str(r) for r in s['rss_mib'])} |"
+                for s in memory["samples"]
+            ),
+        ]
     lines += [
         "",
-        "All saturation repeats (throughput /mutate vs /floor): "
-        + ", ".join(
-            f"{m['rate']:,.0f} vs {f['rate']:,.0f}"
-            for m, f in zip(
-                results["saturation"]["mutate"], results["saturation"]["floor"], strict=True
-            )
-        )
-        + ".",
-        "",
-        "## Memory",
-        "",
-        f"RSS of the webhook process over {results['memory']['admissions']:,} admissions: "
-        + ", ".join(
-            f"{s['admissions']:,}: {s['rss_mib']:.1f} MiB" for s in results["memory"]["samples"]
-        )
-        + ".",
-        "",
-        "## In-process cost of `review()` (pytest-benchmark)",
+        "## In-process cost (pytest-benchmark)",
         "",
         "| benchmark | median us | mean us | min us | rounds |",
         "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {b['name']} | {b['median_us']} | {b['mean_us']} | {b['min_us']} | {b['rounds']} |"
-        for b in results["in_process"]
+        *(
+            f"| {b['name']} | {b['median_us']} | {b['mean_us']} | {b['min_us']} | {b['rounds']} |"
+            for b in results["in_process"]
+        ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def bench_config(
+    work: Path,
+    items: list[Item],
+    list_file: Path,
+    hey_bodies: list[Path],
+    *,
+    workers: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Every load run against one server configuration (`serve --workers N`)."""
+    serve_args = ["--workers", str(workers), *args.serve_arg]
+    server = start_server(work, serve_args)
+    try:
+        pids = server.workers()
+
+        def sample(total: int) -> dict[str, Any]:
+            return {"admissions": total, "rss_mib": [round(rss_kib(p) / 1024, 1) for p in pids]}
+
+        samples = [sample(0)]
+        admissions = verify_answers(server, items)
+        print(f"workers={workers}: answers verified; warming up", file=sys.stderr)
+        for endpoint in ("mutate", "floor"):
+            warm = run_wrk(server, endpoint, list_file, seconds=2, threads=1, conns=8)
+            admissions += warm.requests if endpoint == "mutate" else 0
+
+        saturation: dict[str, list[Run]] = {"mutate": [], "floor": []}
+        for _ in range(args.repeat):
+            for endpoint in ("mutate", "floor"):
+                run = run_wrk(
+                    server,
+                    endpoint,
+                    list_file,
+                    seconds=args.seconds,
+                    threads=args.threads,
+                    conns=args.connections,
+                )
+                print(f"  saturation {endpoint}: {run.rate}/s p99 {run.p99_ms} ms", file=sys.stderr)
+                saturation[endpoint].append(run)
+                admissions += run.requests if endpoint == "mutate" else 0
+        fixed: list[Run] = []
+        for rate in [float(r) for r in args.rates.split(",") if r]:
+            for endpoint in ("mutate", "floor"):
+                run = run_hey(server, endpoint, hey_bodies, rate=rate, seconds=args.seconds)
+                print(f"  {rate:.0f}/s {endpoint}: p99 {run.p99_ms} ms", file=sys.stderr)
+                fixed.append(run)
+                admissions += run.requests if endpoint == "mutate" else 0
+        samples.append(sample(admissions))
+        # each worker answers about 1/N of the admissions: drive N x the count
+        while admissions < args.memory_admissions * len(pids):
+            run = run_wrk(
+                server,
+                "mutate",
+                list_file,
+                seconds=10,
+                threads=args.threads,
+                conns=args.connections,
+            )
+            admissions += run.requests
+            samples.append(sample(admissions))
+            print(f"  memory: {samples[-1]}", file=sys.stderr)
+    finally:
+        stop_server(server)
+
+    mutate_sat = median_run(saturation["mutate"])
+    floor_sat = median_run(saturation["floor"])
+    at_target = next(
+        (r for r in fixed if r.endpoint == "mutate" and r.target_rate == TARGET_P99_RATE), None
+    )
+    ratio = mutate_sat.rate / floor_sat.rate
+    p99 = at_target.p99_ms if at_target else float("nan")
+    return {
+        "workers": workers,
+        "server_args": ["--self-signed", "--no-cluster", "--floor-endpoint", *serve_args],
+        "targets": {
+            "saturation_rate": mutate_sat.rate,
+            "saturation_ok": mutate_sat.rate >= TARGET_SATURATION,
+            "p99_ms": p99,
+            "p99_ok": p99 <= TARGET_P99_MS,
+            "floor_ratio": round(ratio, 3),
+            "floor_ok": ratio >= TARGET_FLOOR_RATIO,
+        },
+        "summary": [asdict(mutate_sat), asdict(floor_sat), *[asdict(r) for r in fixed]],
+        "saturation": {k: [asdict(r) for r in v] for k, v in saturation.items()},
+        "memory": {"admissions": admissions, "workers": len(pids), "samples": samples},
+    }
 
 
 def main() -> int:
@@ -507,12 +614,19 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--memory-admissions", type=int, default=100_000)
+    parser.add_argument(
+        "--workers",
+        default=f"1,{os.cpu_count() or 1}",
+        help="serve --workers values to measure, comma-separated (default: 1 and one per CPU)",
+    )
     parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument("--name", default="admission", help="results file name (no suffix)")
     parser.add_argument("--quick", action="store_true", help="short smoke run (no memory run)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.repeat, args.memory_admissions = 3, 1, 0
+    worker_counts = sorted({int(w) for w in args.workers.split(",") if w})
 
     ensure_tools()
     items = load_items()
@@ -526,107 +640,41 @@ def main() -> int:
             paths.append(path)
         list_file = work / "reviews.txt"
         list_file.write_text("".join(f"{p}\n" for p in paths))
-        mix = outcome_mix(items)
-        # hey sends one body per process: a few mutated and skipped reviews of various sizes
+        # hey sends one body per process, and every process is a Go runtime competing for the
+        # same two cores: two processes, a mutated review and a skipped one of median size
         mutated = [p for p, i in zip(paths, items, strict=True) if _mutated(i)]
         skipped = [p for p, i in zip(paths, items, strict=True) if not _mutated(i)]
-        hey_bodies = (
-            mutated[:: max(1, len(mutated) // 3)][:3] + skipped[:: max(1, len(skipped) // 2)][:2]
-        )
-
-        server = start_server(work, args.serve_arg)
-        try:
-            worker = server.workers()[0]
-            samples = [{"admissions": 0, "rss_mib": rss_kib(worker) / 1024}]
-            verified = verify_answers(server, items)
-            print(f"answers verified for {verified} reviews; warming up", file=sys.stderr)
-            admissions = verified
-            for endpoint in ("mutate", "floor"):
-                warm = run_wrk(server, endpoint, list_file, seconds=2, threads=1, conns=8)
-                admissions += warm.requests if endpoint == "mutate" else 0
-
-            saturation: dict[str, list[Run]] = {"mutate": [], "floor": []}
-            for _ in range(args.repeat):
-                for endpoint in ("mutate", "floor"):
-                    run = run_wrk(
-                        server,
-                        endpoint,
-                        list_file,
-                        seconds=args.seconds,
-                        threads=args.threads,
-                        conns=args.connections,
-                    )
-                    print(
-                        f"saturation {endpoint}: {run.rate}/s p99 {run.p99_ms} ms", file=sys.stderr
-                    )
-                    saturation[endpoint].append(run)
-                    admissions += run.requests if endpoint == "mutate" else 0
-            fixed: list[Run] = []
-            for rate in [float(r) for r in args.rates.split(",") if r]:
-                for endpoint in ("mutate", "floor"):
-                    run = run_hey(server, endpoint, hey_bodies, rate=rate, seconds=args.seconds)
-                    print(
-                        f"{rate:.0f}/s {endpoint}: {run.rate}/s p99 {run.p99_ms} ms",
-                        file=sys.stderr,
-                    )
-                    fixed.append(run)
-                    admissions += run.requests if endpoint == "mutate" else 0
-            samples.append({"admissions": admissions, "rss_mib": rss_kib(worker) / 1024})
-            while admissions < args.memory_admissions:
-                run = run_wrk(
-                    server,
-                    "mutate",
-                    list_file,
-                    seconds=10,
-                    threads=args.threads,
-                    conns=args.connections,
-                )
-                admissions += run.requests
-                samples.append({"admissions": admissions, "rss_mib": rss_kib(worker) / 1024})
-                print(f"memory: {samples[-1]}", file=sys.stderr)
-        finally:
-            stop_server(server)
+        hey_bodies = [mutated[len(mutated) // 2], skipped[len(skipped) // 2]]
+        configs = [
+            bench_config(work, items, list_file, hey_bodies, workers=n, args=args)
+            for n in worker_counts
+        ]
         benches = in_process(work)
 
-    mutate_sat = median_run(saturation["mutate"])
-    floor_sat = median_run(saturation["floor"])
-    at_target = next(
-        (r for r in fixed if r.endpoint == "mutate" and r.target_rate == TARGET_P99_RATE), None
-    )
-    ratio = mutate_sat.rate / floor_sat.rate
-    p99 = at_target.p99_ms if at_target else float("nan")
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "server_args": ["--self-signed", "--no-cluster", "--floor-endpoint", *args.serve_arg],
         "loadavg_start": loadavg_start,
         "loadavg_end": loadavg(),
         "workload": {
             "items": [{"name": i.name, "bytes": len(i.body)} for i in items],
             "min_bytes": min(len(i.body) for i in items),
             "max_bytes": max(len(i.body) for i in items),
-            "mix": mix,
-            "hey_bodies": [p.name for p in hey_bodies],
+            "mix": outcome_mix(items),
+            "hey_bodies": [
+                {"name": items[paths.index(p)].name, "bytes": len(items[paths.index(p)].body)}
+                for p in hey_bodies
+            ],
         },
-        "targets": {
-            "saturation_rate": mutate_sat.rate,
-            "saturation_ok": mutate_sat.rate >= TARGET_SATURATION,
-            "p99_ms": p99,
-            "p99_ok": p99 <= TARGET_P99_MS,
-            "floor_ratio": round(ratio, 3),
-            "floor_ok": ratio >= TARGET_FLOOR_RATIO,
-        },
-        "summary": [asdict(mutate_sat), asdict(floor_sat), *[asdict(r) for r in fixed]],
-        "saturation": {k: [asdict(r) for r in v] for k, v in saturation.items()},
-        "memory": {"admissions": admissions, "samples": samples},
+        "configs": configs,
         "in_process": benches,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "admission.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "admission.md").write_text(render(results))
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(render(results))
     print(render(results))
     return 0
 

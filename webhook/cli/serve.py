@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -263,6 +264,10 @@ def run(args: argparse.Namespace) -> int:
                 await watcher
 
     logger.info("serving on https://%s:%s", args.host, args.port)
+    # Everything imported and built so far lives as long as the process: keep it out of the
+    # garbage collector's full passes (~100k objects, tens of ms each on a small core, which
+    # showed up as p99 latency); per-request garbage is still collected as usual.
+    gc.freeze()
     try:
         import uvloop
 

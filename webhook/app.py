@@ -41,6 +41,15 @@ class Metrics:
     latency: Histogram = field(init=False)
     config_reloads: Counter = field(init=False)
     bad_requests: Counter = field(init=False)
+    _outcomes: dict[tuple[str, str], Any] = field(init=False, default_factory=dict)
+
+    def outcome(self, kind: str, reason: str) -> Any:
+        """The admissions counter child for one outcome (`labels()` takes a lock and checks
+        the labels on every call: a cost per admission)."""
+        child = self._outcomes.get((kind, reason))
+        if child is None:
+            child = self._outcomes[kind, reason] = self.admissions.labels(kind, reason)
+        return child
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -185,9 +194,7 @@ async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
     view = await state.namespaces.lookup(admission.namespace)
     result = review(admission, config=state.store.config, namespace=view)
     decision = result.decision
-    state.metrics.admissions.labels(
-        decision.kind, decision.reason.value if decision.reason else ""
-    ).inc()
+    state.metrics.outcome(decision.kind, decision.reason.value if decision.reason else "").inc()
     # One line per pod only when something needs reading; outcomes are in the metrics and,
     # per pod, in the API server's audit annotations and the pod's status annotation.
     level = logging.INFO if decision.kind == "error" or decision.warnings else logging.DEBUG

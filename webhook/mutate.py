@@ -140,9 +140,12 @@ def mutate(
     source: ModelSource,
     config: ClusterConfig,
     namespace: str,
+    spec: FetchSpec | None = None,
 ) -> dict[str, Any]:
-    """The pod with the cache injected. Raises Skip when it cannot be done safely."""
-    spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
+    """The pod with the cache injected. Raises Skip when it cannot be done safely. `spec` is
+    `fetch_spec()` of the same arguments, when the caller has it already."""
+    if spec is None:
+        spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
     out = _writable_pod(pod)
     pod_spec: dict[str, Any] = out.setdefault("spec", {})
     volumes: list[dict[str, Any]] = list(pod_spec.get("volumes") or [])

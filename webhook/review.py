@@ -165,7 +165,8 @@ def decide(
                     f"{namespace!r} is not ReadWriteMany ({', '.join(claim.access_modes)}): "
                     "pods on other nodes cannot mount it",
                 )
-        after = mutate(pod, policy, source=source, config=config, namespace=namespace)
+        spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
+        after = mutate(pod, policy, source=source, config=config, namespace=namespace, spec=spec)
     except Skip as skip:
         warnings = policy.warnings if policy else ()
         if skip.reason in (
@@ -184,7 +185,7 @@ def decide(
             after=pod,
             warnings=tuple(_truncate(w) for w in warnings),
         )
-    key = fetch_spec(pod, policy, source=source, config=config, namespace=namespace).key
+    key = spec.key
     patch = make_patch(pod, after)
     return Decision(
         kind="mutated" if patch else "unchanged",

@@ -99,19 +99,27 @@ def start_server(
         process=process,
         log=log,
     )
+    try:
+        _wait_until_healthy(server)
+    except BaseException:
+        stop_server(server)  # never leak a server process, whatever went wrong
+        raise
+    return server
+
+
+def _wait_until_healthy(server: Server) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve exited {process.returncode}:\n{server.output()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"serve exited {server.process.returncode}:\n{server.output()}")
         if server.ca_file.exists():
             try:
                 with server.client(timeout=1) as client:
                     if client.get("/healthz").status_code == 200:
-                        return server
+                        return
             except httpx.HTTPError:
                 pass
         time.sleep(0.1)
-    stop_server(server)
     raise RuntimeError(f"serve did not come up:\n{server.output()}")
 
 

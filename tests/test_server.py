@@ -241,3 +241,45 @@ def test_serve_refuses_without_certificates(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="--self-signed"):
         start_server(tmp_path, cert_args=[])
     assert shutil.which("true")  # the refusal above came from serve itself
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"), [((), "pvc-missing"), (("--no-claim-check",), None)]
+)
+def test_serve_checks_the_cache_claim_unless_told_not_to(
+    tmp_path: Path, extra: tuple[str, ...], expected: str | None
+) -> None:
+    from tests.fakekube import FakeKube
+
+    with FakeKube() as kube:
+        kube.add_namespace("team")
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        server = start_server(tmp_path, "--kubeconfig", str(kubeconfig), *extra)
+        try:
+            body = make_review(CASES["02-kserve-after-gs"].pod, namespace="team")
+            deadline = time.monotonic() + 10
+            while True:  # the watches list right after start; /readyz says when
+                with server.client(timeout=5) as client:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                assert time.monotonic() < deadline, server.output()
+                time.sleep(0.1)
+            answer = post(server, json.dumps(body).encode()).json()["response"]
+            if expected is None:
+                # long enough for the claim watch to have listed, were it running
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    assert "patch" in answer, answer
+                    time.sleep(0.2)
+                    answer = post(server, json.dumps(body).encode()).json()["response"]
+                assert metric(server, "kserve_cache_claims_synced") == 0
+            else:
+                deadline = time.monotonic() + 10
+                while answer.get("auditAnnotations", {}).get("skip-reason") != expected:
+                    assert time.monotonic() < deadline, answer
+                    time.sleep(0.1)
+                    answer = post(server, json.dumps(body).encode()).json()["response"]
+                assert "patch" not in answer
+                assert "not found in namespace 'team'" in answer["warnings"][0]
+        finally:
+            stop_server(server)

@@ -51,6 +51,12 @@ def add_parser(sub: Any) -> None:
         help="never contact a cluster: namespace policy off",
     )
     p.add_argument(
+        "--no-claim-check",
+        action="store_true",
+        help="do not watch PersistentVolumeClaims (pods are injected even when the cache "
+        "claim is missing from their namespace)",
+    )
+    p.add_argument(
         "--reload-interval",
         type=float,
         default=2.0,
@@ -217,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
             registry=registry,
             kubeconfig=None if args.no_cluster else args.kubeconfig,
             in_cluster=False if args.no_cluster else None,
+            watch_claims=not args.no_claim_check,
         )
     except Exception as exc:  # unreadable kubeconfig, no service account ...
         print(f"serve: cannot reach a cluster for namespace policy: {exc}", file=sys.stderr)  # noqa: T201

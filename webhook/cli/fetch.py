@@ -36,6 +36,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--key", required=True, help="cache key; must equal cache_key(uri, revision)")
     p.add_argument("--revision", default="", help="revision, part of the key (default none)")
     p.add_argument("--copy-to", type=Path, help="copy mode: copy the entry into this folder")
+    add_lease_arguments(p)
+    p.add_argument(
+        "--termination-log",
+        default=DEFAULT_TERMINATION_LOG,
+        help=f"file for the failure message (default {DEFAULT_TERMINATION_LOG})",
+    )
+    p.set_defaults(run=run)
+
+
+def add_lease_arguments(p: argparse.ArgumentParser) -> None:
+    """`--lease-ttl` and `--wait-timeout`, shared by `fetch` and `warm`."""
     p.add_argument(
         "--lease-ttl",
         type=float,
@@ -46,14 +57,8 @@ def add_parser(subparsers: Any) -> None:
         "--wait-timeout",
         type=float,
         default=3600.0,
-        help="seconds to wait for another pod's download (default 3600)",
+        help="seconds to wait for another download of the same key (default 3600)",
     )
-    p.add_argument(
-        "--termination-log",
-        default=DEFAULT_TERMINATION_LOG,
-        help=f"file for the failure message (default {DEFAULT_TERMINATION_LOG})",
-    )
-    p.set_defaults(run=run)
 
 
 COPY_ATTEMPTS = 3

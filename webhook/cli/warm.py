@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook import names
+from webhook.cli.fetch import add_lease_arguments
 from webhook.keys import cache_key, is_valid_revision
 
 logger = logging.getLogger(__name__)
@@ -41,18 +42,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--revision", help="revision, part of the key (default: none, or the isvc's)")
     p.add_argument("--cache-root", required=True, type=Path, help="mount path of the cache PVC")
-    p.add_argument(
-        "--lease-ttl",
-        type=float,
-        default=120.0,
-        help="seconds without heartbeat after which a lease is broken (default 120)",
-    )
-    p.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=3600.0,
-        help="seconds to wait for another download of the same key (default 3600)",
-    )
+    add_lease_arguments(p)
     p.set_defaults(run=run)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,6 +280,35 @@ def test_namespace_not_seen_yet_costs_one_get(
     # kept in memory afterwards
     assert dict(lookup(watcher, "fresh").annotations or {}) == {names.PVC: "team-cache"}
     assert kube.gets_of("fresh") == 1
+
+
+class _InlineExecutor:
+    """Runs the GET at once, so its future is done before anyone adds a callback to it."""
+
+    def submit(self, fn: Callable[..., object], *args: object) -> concurrent.futures.Future[object]:
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def test_a_get_that_finishes_at_once_does_not_deadlock_the_lookup(
+    kube: FakeKube, make_watcher: Callable[..., WatchedNamespaces]
+) -> None:
+    watcher = make_watcher(watch_timeout=30)
+    watcher.start()
+    eventually(lambda: watcher.synced and kube.watches() >= 1, what="watch open")
+    kube.add_namespace("quick", annotations={names.PVC: "quick-cache"}, quiet=True)
+    watcher._getters = _InlineExecutor()  # type: ignore[assignment]
+    views: list[NamespaceView] = []
+    thread = threading.Thread(target=lambda: views.append(lookup(watcher, "quick")), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "lookup deadlocked on a GET that had already finished"
+    assert dict(views[0].annotations or {}) == {names.PVC: "quick-cache"}
+    assert lookup(watcher, "quick").annotations is not None  # the next lookup is not stuck
 
 
 def test_namespace_that_does_not_exist(

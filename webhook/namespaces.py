@@ -652,15 +652,19 @@ class WatchedNamespaces:
     def _get_once(self, name: str) -> concurrent.futures.Future[_Entry | None]:
         with self._lock:
             future = self._inflight.get(name)
-            if future is None:
-                future = self._getters.submit(self._read, name)
-                self._inflight[name] = future
-                future.add_done_callback(lambda _f: self._forget(name))
-            return future
+            if future is not None:
+                return future
+            future = self._getters.submit(self._read, name)
+            self._inflight[name] = future
+        # Outside the lock: a GET that already finished runs the callback right here, and
+        # `_forget` takes the lock (holding it here deadlocked the admission).
+        future.add_done_callback(lambda done: self._forget(name, done))
+        return future
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str, future: concurrent.futures.Future[_Entry | None]) -> None:
         with self._lock:
-            self._inflight.pop(name, None)
+            if self._inflight.get(name) is future:
+                del self._inflight[name]
 
     def _read(self, name: str) -> _Entry | None:
         from kubernetes.client.exceptions import ApiException

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.fakekube import FakeKube
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -131,6 +134,18 @@ def stop_server(server: Server) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKube]:
+    """A fresh Kubernetes API stand-in on 127.0.0.1 (namespaces, claims, pods)."""
+    with FakeKube() as server:
+        yield server
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
 
 
 @pytest.fixture(scope="session")

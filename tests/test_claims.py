@@ -4,11 +4,9 @@ missing."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,55 +17,25 @@ from prometheus_client import CollectorRegistry
 
 from tests.fakekube import CLAIMS, FakeKube
 from tests.golden_cases import make_review
+from tests.watching import eventually, lookup, sample
 from webhook import names
 from webhook.clusterconfig import ClusterConfig
 from webhook.namespaces import (
     ClaimInfo,
-    NamespaceView,
     WatchedNamespaces,
     namespace_source_from_environment,
 )
 from webhook.review import review_body
 
-DEADLINE = 15.0
 RWX = ("ReadWriteMany",)
 POD = json.loads(
     (Path(__file__).parent / "golden" / "02-kserve-after-gs" / "input.json").read_text()
 )  # a predictor pod after KServe's mutator, opted in
 
 
-def eventually(check: Callable[[], object], *, what: str, deadline: float = DEADLINE) -> None:
-    """Poll until `check()` is truthy; fail naming `what` after the deadline."""
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for: {what}")
-        time.sleep(0.02)
-
-
-def lookup(source: WatchedNamespaces, name: str) -> NamespaceView:
-    # The bound here only stops a broken test from hanging; it is not what is tested.
-    return asyncio.run(asyncio.wait_for(source.lookup(name), 10))
-
-
 def claims(source: WatchedNamespaces, namespace: str) -> dict[str, ClaimInfo] | None:
     found = lookup(source, namespace).claims
     return None if found is None else dict(found)
-
-
-def sample(registry: CollectorRegistry, metric: str, **labels: str) -> float:
-    return registry.get_sample_value(metric, labels) or 0.0
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    with FakeKube() as server:
-        yield server
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from kubernetes import client, config
 from prometheus_client import CollectorRegistry
 
 from tests.fakekube import FakeKube
+from tests.watching import eventually, lookup, sample
 from webhook import names
 from webhook.clusterconfig import ClusterConfig
 from webhook.namespaces import (
@@ -25,32 +25,6 @@ from webhook.namespaces import (
 )
 from webhook.policy import Layer, resolve_policy
 
-DEADLINE = 15.0
-
-
-def eventually(check: Callable[[], object], *, what: str, deadline: float = DEADLINE) -> None:
-    """Poll until `check()` is truthy; fail naming `what` after the deadline."""
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for: {what}")
-        time.sleep(0.02)
-
-
-def lookup(source: WatchedNamespaces, name: str) -> NamespaceView:
-    # The bound here only stops a broken test from hanging; it is not what is tested.
-    return asyncio.run(asyncio.wait_for(source.lookup(name), 10))
-
-
-def sample(registry: CollectorRegistry, metric: str, **labels: str) -> float:
-    return registry.get_sample_value(metric, labels) or 0.0
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    with FakeKube() as server:
-        yield server
-
 
 @pytest.fixture
 def configuration(kube: FakeKube, tmp_path: Path) -> client.Configuration:
@@ -59,11 +33,6 @@ def configuration(kube: FakeKube, tmp_path: Path) -> client.Configuration:
         config_file=str(kube.write_kubeconfig(tmp_path / "kubeconfig")), client_configuration=cfg
     )
     return cfg
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
 
 
 @pytest.fixture

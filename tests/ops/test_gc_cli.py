@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,12 +141,6 @@ def test_dry_run_prints_the_plan_and_changes_nothing(layout: Layout) -> None:
     assert lines[built[0].key][-2:] == ["keep", "within-budget"]
     assert "bytes: 76.2 KiB -> 43.9 KiB" in proc.stdout
     assert tree_state(layout.root) == before
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    with FakeKube() as server:
-        yield server
 
 
 def pod(name: str, key: str, phase: str) -> dict[str, object]:

@@ -283,3 +283,20 @@ def test_serve_checks_the_cache_claim_unless_told_not_to(
                 assert "not found in namespace 'team'" in answer["warnings"][0]
         finally:
             stop_server(server)
+
+
+def test_the_webhook_never_imports_kserve_storage() -> None:
+    """KServe's downloader (and boto3, azure, gcs) belongs to `fetch` only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from webhook.cli import build_parser\n"
+        "build_parser()\n"  # every command's parser, fetch's included
+        "import webhook.app, webhook.cli.serve, webhook.review\n"
+        "webhook.app.create_app()\n"
+        "print(sorted(m for m in ('kserve_storage', 'boto3', 'botocore') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

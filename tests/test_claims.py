@@ -4,6 +4,7 @@ missing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -339,3 +340,50 @@ def test_factory_passes_the_claim_switch(
             assert kube.lists(CLAIMS) == 0
     finally:
         source.stop()
+
+
+def test_a_claim_the_watch_has_not_delivered_is_confirmed_with_one_get(
+    kube: FakeKube, make_watcher: Callable[..., WatchedNamespaces]
+) -> None:
+    kube.add_namespace("ml")
+    watcher = started(make_watcher, watch_timeout=30)
+    kube.add_claim("ml", "just-made", quiet=True)  # created a moment before its pod
+    kube.add_claim("ml", "leaving", quiet=True)
+    kube.modify_claim("ml", "leaving", deleting=True, quiet=True)
+    assert claims(watcher, "ml") == {}
+
+    assert asyncio.run(watcher.confirm_claim("ml", "just-made")) is True
+    assert claims(watcher, "ml") == {"just-made": ClaimInfo(RWX, "Bound")}  # kept in memory
+    assert asyncio.run(watcher.confirm_claim("ml", "nowhere")) is False
+    assert asyncio.run(watcher.confirm_claim("ml", "leaving")) is False
+    watcher.stop()
+    assert asyncio.run(watcher.confirm_claim("ml", "just-made")) is None
+
+
+def test_the_webhook_asks_before_skipping_for_a_missing_claim(
+    kube: FakeKube, tmp_path: Path
+) -> None:
+    from tests.conftest import start_server, stop_server
+
+    kube.add_namespace("ml")
+    server = start_server(tmp_path, "--kubeconfig", str(kube.write_kubeconfig(tmp_path / "kc")))
+    try:
+        with server.client(timeout=10) as http:
+            eventually(lambda: http.get("/readyz").status_code == 200, what="ready")
+            eventually(
+                lambda: "kserve_cache_claims_synced 1.0" in http.get("/metrics").text,
+                what="claims listed",
+            )
+            kube.add_claim("ml", "kserve-model-cache", quiet=True)  # the watch never says so
+            body = json.dumps(make_review(POD, namespace="ml")).encode()
+            headers = {"content-type": "application/json"}
+            answer = http.post("/mutate", content=body, headers=headers).json()["response"]
+            assert "patch" in answer, answer
+            assert answer["auditAnnotations"]["cache-key"]
+            # a claim that really is missing is still reported
+            kube.add_namespace("empty")
+            body = json.dumps(make_review(POD, namespace="empty")).encode()
+            answer = http.post("/mutate", content=body, headers=headers).json()["response"]
+            assert answer["auditAnnotations"] == {"skip-reason": "pvc-missing"}
+    finally:
+        stop_server(server)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from webhook.config import ConfigStore
 from webhook.namespaces import NamespaceSource, StaticNamespaces
 from webhook.review import BadReview, parse_review, review
+from webhook.skips import SkipReason
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +196,17 @@ async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
     view = await state.namespaces.lookup(admission.namespace)
     result = review(admission, config=state.store.config, namespace=view)
     decision = result.decision
+    confirm = getattr(state.namespaces, "confirm_claim", None)
+    if decision.reason is SkipReason.PVC_MISSING and decision.policy and confirm is not None:
+        # The list says the claim is missing; a claim created a moment ago may not have
+        # arrived yet: ask once (bounded) before admitting the pod without the cache.
+        exists = await confirm(admission.namespace, decision.policy.pvc)
+        if exists is not False:
+            view = await state.namespaces.lookup(admission.namespace)
+            if exists is None:  # cannot tell: inject, as when the claims are unknown
+                view = dataclasses.replace(view, claims=None)
+            result = review(admission, config=state.store.config, namespace=view)
+            decision = result.decision
     state.metrics.outcome(decision.kind, decision.reason.value if decision.reason else "").inc()
     # One line per pod only when something needs reading; outcomes are in the metrics and,
     # per pod, in the API server's audit annotations and the pod's status annotation.

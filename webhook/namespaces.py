@@ -694,6 +694,59 @@ class WatchedNamespaces:
             return None
         return self._namespaces.keep("", found_name, entry)
 
+    # one GET for a cache claim the watch has not delivered yet ----------------------------
+
+    async def confirm_claim(self, namespace: str, name: str) -> bool | None:
+        """Whether claim `name` exists in `namespace`, asked of the API server once.
+
+        For a claim created a moment before its pod: the watch may not have delivered it, and
+        `pvc-missing` must never come from a stale list. True: it exists (and is kept in
+        memory); False: the API server says it does not; None: cannot tell in time.
+        """
+        if self._claims is None or self._stopping.is_set():
+            return None
+        future = self._getters.submit(self._read_claim, namespace, name)
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), self._lookup_timeout
+            )
+        except TimeoutError:
+            self.metrics.fallbacks.labels(reason="timeout").inc()
+            return None
+        except Exception as exc:  # any error means "cannot tell"
+            logger.warning("claim %s/%s: GET failed: %s", namespace, name, exc)
+            return None
+
+    def _read_claim(self, namespace: str, name: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        assert self._claims is not None  # noqa: S101 - checked by the caller
+        try:
+            response = self._core.read_namespaced_persistent_volume_claim(
+                name,
+                namespace,
+                _preload_content=False,
+                _request_timeout=(
+                    min(self._request_timeout[0], self._lookup_timeout * 2),
+                    self._lookup_timeout * 2,
+                ),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        try:
+            parsed = _claim(_json(response.data))
+        finally:
+            response.release_conn()
+        if parsed is None:
+            return False
+        found_namespace, found_name, info = parsed
+        if info is None:  # being deleted
+            return False
+        self._claims.keep(found_namespace, found_name, info)
+        return True
+
 
 def _json(data: bytes) -> dict[str, Any]:
     parsed = json.loads(data)

@@ -666,12 +666,13 @@ class WatchedNamespaces:
             if self._inflight.get(name) is future:
                 del self._inflight[name]
 
-    def _read(self, name: str) -> _Entry | None:
+    def _get_json(self, call: Callable[..., Any], *args: str) -> dict[str, Any] | None:
+        """One bounded GET of an object; None when the API server says it does not exist."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            response = self._core.read_namespace(
-                name,
+            response = call(
+                *args,
                 _preload_content=False,
                 # a slow GET only keeps a worker busy: the admission stopped waiting already
                 _request_timeout=(
@@ -684,9 +685,13 @@ class WatchedNamespaces:
                 return None
             raise
         try:
-            parsed = _entry(_json(response.data))
+            return _json(response.data)
         finally:
             response.release_conn()
+
+    def _read(self, name: str) -> _Entry | None:
+        obj = self._get_json(self._core.read_namespace, name)
+        parsed = _entry(obj) if obj is not None else None
         if parsed is None:
             return None
         _, found_name, entry = parsed
@@ -718,27 +723,9 @@ class WatchedNamespaces:
             return None
 
     def _read_claim(self, namespace: str, name: str) -> bool:
-        from kubernetes.client.exceptions import ApiException
-
         assert self._claims is not None  # noqa: S101 - checked by the caller
-        try:
-            response = self._core.read_namespaced_persistent_volume_claim(
-                name,
-                namespace,
-                _preload_content=False,
-                _request_timeout=(
-                    min(self._request_timeout[0], self._lookup_timeout * 2),
-                    self._lookup_timeout * 2,
-                ),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        try:
-            parsed = _claim(_json(response.data))
-        finally:
-            response.release_conn()
+        obj = self._get_json(self._core.read_namespaced_persistent_volume_claim, name, namespace)
+        parsed = _claim(obj) if obj is not None else None
         if parsed is None:
             return False
         found_namespace, found_name, info = parsed

@@ -4,7 +4,7 @@ from typing import Final
 
 PREFIX: Final = "cache.kserve.io/"
 
-# Our annotations (see the annotation table in README.md).
+# Our annotations (see the annotation table in docs/annotations-and-policy.md).
 ENABLED: Final = PREFIX + "enabled"
 POLICY: Final = PREFIX + "policy"
 PVC: Final = PREFIX + "pvc"

@@ -81,7 +81,7 @@ def test_exit_codes_are_distinct_and_documented() -> None:
     assert len(set(codes)) == len(codes)
     assert 0 not in codes
     assert set(EXIT_CODES) == set(ErrorKind)
-    doc = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     for kind in ErrorKind:
         assert f"| {kind.exit_code} | `{kind.value}` |" in doc
 

@@ -1,4 +1,4 @@
-"""Paths, manifest and usage records of the cache volume (the layout in README.md).
+"""Paths, manifest and usage records of the cache volume (the layout in docs/protocol.md).
 
 <root>/models/<key>/                    published entry, immutable
 <root>/models/<key>/.kserve-cache.json  manifest, written before publishing

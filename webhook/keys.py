@@ -1,13 +1,15 @@
 """The cache key: one function shared by the webhook and `kserve-cache fetch`.
 
 `key = <slug>-<h16>`: h16 is the first 16 hex digits of sha256(normalized_uri + "\\n" + revision),
-slug the last path segment of the URI reduced to [a-z0-9-], at most 40 characters.
+or of sha256(normalized_uri + "\\n" + revision + "\\n" + endpoint) when the source names an
+endpoint; slug is the last path segment of the URI reduced to [a-z0-9-], at most 40 characters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,10 +43,15 @@ def slug_of(uri: str) -> str:
     return slug[:SLUG_MAX].strip("-")
 
 
-def cache_key(uri: str, revision: str = "") -> str:
-    """The cache key of a model URI at a revision (the empty string for none)."""
+def cache_key(uri: str, revision: str = "", endpoint: str = "") -> str:
+    """The cache key of a model URI at a revision (the empty string for none).
+
+    `endpoint` (`scheme://host[:port]`, see `source_endpoint`) tells apart the same path on two
+    object stores; without one the key is the one earlier releases computed.
+    """
     normalized = normalize_uri(uri)
-    digest = hashlib.sha256(f"{normalized}\n{revision}".encode()).hexdigest()[:16]
+    text = f"{normalized}\n{revision}" + (f"\n{endpoint}" if endpoint else "")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     slug = slug_of(normalized)
     return f"{slug}-{digest}" if slug else digest
 
@@ -56,3 +63,45 @@ def is_valid_key(key: str) -> bool:
 
 def is_valid_revision(revision: str) -> bool:
     return REVISION_RE.fullmatch(revision) is not None
+
+
+# The variables that name a scheme's endpoint, in the order KServe's downloader honours them.
+_ENDPOINT_VARS: Final[dict[str, tuple[str, ...]]] = {
+    "s3": ("AWS_ENDPOINT_URL", "S3_ENDPOINT"),
+    "hf": ("HF_ENDPOINT",),
+    "gs": ("STORAGE_EMULATOR_HOST",),
+}
+
+
+def endpoint_variables(uri: str) -> tuple[str, ...]:
+    """The environment variables that may name the endpoint of `uri`'s scheme."""
+    return _ENDPOINT_VARS.get(urlsplit(uri.strip()).scheme.lower(), ())
+
+
+def normalize_endpoint(raw: str, *, default_scheme: str = "https") -> str:
+    """`scheme://host[:port]`, lower case, no path, no trailing slash; "" for an empty value."""
+    text = raw.strip()
+    if not text:
+        return ""
+    if "://" not in text:
+        text = f"{default_scheme}://{text}"
+    parts = urlsplit(text)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}" if parts.netloc else ""
+
+
+def source_endpoint(uri: str, env: Mapping[str, str]) -> str:
+    """The endpoint the downloader will use for `uri` given these variables ("" for none).
+
+    For `s3://`: `AWS_ENDPOINT_URL`, else `S3_ENDPOINT` (`http` when `S3_USE_HTTPS=0`, else
+    `https`, when the value has no scheme); for `hf://`: `HF_ENDPOINT`; `gs://`: the emulator
+    host. Other schemes have none.
+    """
+    for name in endpoint_variables(uri):
+        value = env.get(name, "")
+        if not value.strip():
+            continue
+        scheme = "http" if name == "S3_ENDPOINT" and env.get("S3_USE_HTTPS") == "0" else "https"
+        if name == "STORAGE_EMULATOR_HOST":
+            scheme = "http"
+        return normalize_endpoint(value, default_scheme=scheme)
+    return ""

@@ -64,6 +64,10 @@ class ErrorKind(enum.Enum):
     DISK_FULL = "disk-full"
     WAIT_TIMEOUT = "wait-timeout"
     UNREACHABLE = "unreachable"
+    UNSAFE_VOLUME = "unsafe-volume"
+    STALLED = "stalled"
+    SOURCE_MISMATCH = "source-mismatch"
+    INTEGRITY = "integrity"
 
     @property
     def exit_code(self) -> int:
@@ -79,6 +83,10 @@ EXIT_CODES: Final[dict[ErrorKind, int]] = {
     ErrorKind.DISK_FULL: 6,
     ErrorKind.WAIT_TIMEOUT: 7,
     ErrorKind.UNREACHABLE: 8,
+    ErrorKind.UNSAFE_VOLUME: 9,
+    ErrorKind.STALLED: 10,
+    ErrorKind.SOURCE_MISMATCH: 11,
+    ErrorKind.INTEGRITY: 12,
 }
 
 

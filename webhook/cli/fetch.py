@@ -36,6 +36,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--key", required=True, help="cache key; must equal cache_key(uri, revision)")
     p.add_argument("--revision", default="", help="revision, part of the key (default none)")
     p.add_argument("--copy-to", type=Path, help="copy mode: copy the entry into this folder")
+    p.add_argument(
+        "--endpoint",
+        default="",
+        help="the source endpoint (scheme://host[:port]) the webhook mixed into --key",
+    )
     add_lease_arguments(p)
     p.add_argument(
         "--termination-log",

@@ -3,9 +3,11 @@
 Measures, per model size: a miss with `fetch` vs a plain `kserve-storage` download; a hit in
 mount mode and in copy mode vs the recipe's `cp -r` out of the cache; and, for 8 pods starting
 at once on an empty cache, the bytes pulled from the store by `fetch` vs by the recipe's logic
-(check a marker file, else download, no lock). Writes benchmarks/results/coldstart.{md,json}.
+(check a marker file, else download, no lock). Writes coldstart.{md,json} into --out (default:
+a new folder under the system temp dir; `--out benchmarks/results` refreshes the committed ones).
 
     .venv/bin/python benchmarks/coldstart/run.py --sizes 10M,100M,1G
+    .venv/bin/python benchmarks/coldstart/run.py --sizes 10M,100M,1G --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -240,11 +242,9 @@ def _recipe_pod(uri: str, cache: Path, dest: Path, env: dict[str, str]) -> subpr
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def write_results(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "coldstart.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n"
-    )
+def write_results(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path = RESULTS) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "coldstart.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [
         "# Cold start: `kserve-cache fetch` vs the usual recipe",
         "",
@@ -275,17 +275,31 @@ def write_results(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             )
         )
     lines += ["", *meta.get("notes", [])]
-    (RESULTS / "coldstart.md").write_text("\n".join(lines) + "\n")
+    (out / "coldstart.md").write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10M,100M,1G", help="model sizes (default 10M,100M,1G)")
     parser.add_argument("--no-concurrency", default="", help="sizes to run without the 8-pod part")
     parser.add_argument("--work", type=Path, help="scratch folder (default a temp folder)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where coldstart.md and coldstart.json go (default: a new temp folder; "
+        "--out benchmarks/results replaces the committed results)",
+    )
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="coldstart-results-"))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     skip8 = {s.strip().upper() for s in args.no_concurrency.split(",") if s.strip()}
     work_root = args.work or Path(tempfile.mkdtemp(prefix="coldstart-"))
     store = Store()
@@ -315,8 +329,9 @@ def main() -> None:
         "python": platform.python_version(),
         "files_per_model": FILES_PER_MODEL + 1,
     }
-    write_results(rows, meta)
-    print((RESULTS / "coldstart.md").read_text())
+    write_results(rows, meta, args.out)
+    print((args.out / "coldstart.md").read_text())
+    print(f"results written to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

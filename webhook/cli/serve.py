@@ -40,12 +40,13 @@ def add_parser(sub: Any) -> None:
         help="where --self-signed writes ca.crt, tls.crt, tls.key (default ./certs)",
     )
     p.add_argument("--config", type=Path, help="cluster config YAML (reloaded on change)")
-    p.add_argument(
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument(
         "--kubeconfig",
         help="watch Namespace annotations through this kubeconfig (default: in-cluster "
         "service account when running in a pod, else no cluster: namespace policy off)",
     )
-    p.add_argument(
+    cluster.add_argument(
         "--no-cluster",
         action="store_true",
         help="never contact a cluster: namespace policy off",
@@ -76,7 +77,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="server processes sharing the port (SO_REUSEPORT), for more than one core; each "
         "reloads the certificate and config and watches Namespaces itself (default 1)",
@@ -88,6 +89,59 @@ def add_parser(sub: Any) -> None:
         "(the baseline of benchmarks/admission; off by default)",
     )
     p.set_defaults(run=run)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_serving_files(cert_file: Path, key_file: Path) -> str | None:
+    """Why `cert_file`/`key_file` cannot serve TLS (naming the file), or None when they can."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    for flag, path in (("--cert-file", cert_file), ("--key-file", key_file)):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return f"{flag} {path}: no such file"
+        except OSError as exc:
+            return f"{flag} {path}: cannot read: {exc.strerror or exc}"
+        if flag == "--cert-file":
+            if b"PRIVATE KEY-----" in data and b"CERTIFICATE-----" not in data:
+                return (
+                    f"--cert-file {path} holds a private key, not a certificate "
+                    "(are --cert-file and --key-file swapped?)"
+                )
+            try:
+                x509.load_pem_x509_certificates(data)
+            except ValueError:
+                return f"--cert-file {path}: not a PEM certificate"
+        else:
+            if b"CERTIFICATE-----" in data and b"PRIVATE KEY-----" not in data:
+                return (
+                    f"--key-file {path} holds a certificate, not a private key "
+                    "(are --cert-file and --key-file swapped?)"
+                )
+            try:
+                load_pem_private_key(data, password=None)
+            except (ValueError, TypeError):
+                return f"--key-file {path}: not an unencrypted PEM private key"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        return f"--key-file {key_file} does not belong to --cert-file {cert_file}: {exc.reason}"
+    return None
 
 
 class _GracefulServer:
@@ -200,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.cert_file and args.key_file:
         cert_file, key_file = args.cert_file, args.key_file
+        problem = check_serving_files(cert_file, key_file)
+        if problem is not None:
+            print(f"serve: {problem}", file=sys.stderr)  # noqa: T201
+            return 2
     else:
         print("serve: give --cert-file and --key-file, or --self-signed", file=sys.stderr)  # noqa: T201
         return 2

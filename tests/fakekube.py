@@ -2,9 +2,11 @@
 
 Speaks plain HTTP (no auth) for Namespaces and PersistentVolumeClaims (list with
 resourceVersion, chunked watch streams of ADDED/MODIFIED/DELETED events, `410 Gone`, GET by
-name, `403 Forbidden` on request) and Pods (list, loose labelSelector). Test code drives it:
-change namespaces and claims, expire the watch history, drop connections, refuse a resource,
-stop and start it on the same port. `write_kubeconfig` points the `kubernetes` client at it.
+name, `403 Forbidden` on request), Pods (list, loose labelSelector), and PersistentVolumes
+(GET, list) with creation of volumes and claims (POST, pre-bound pairs bind at once). Test
+code drives it: change namespaces and claims, expire the watch history, drop connections,
+refuse a resource, stop and start it on the same port. `write_kubeconfig` points the
+`kubernetes` client at it.
 
     with FakeKube() as kube:
         kube.add_namespace("team-a", annotations={"cache.kserve.io/policy": "forced"})
@@ -32,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 CREATED = "2024-01-01T00:00:00Z"
 NAMESPACES = "namespaces"
 CLAIMS = "persistentvolumeclaims"
+VOLUMES = "persistentvolumes"
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", message))
                 else:
                     self._json(HTTPStatus.OK, found)
+            elif path == f"/api/v1/{VOLUMES}" or path.startswith(f"/api/v1/{VOLUMES}/"):
+                self._get_volume(segments)
             elif path == "/api/v1/pods":
                 self._json(HTTPStatus.OK, kube._list_pods(None, query))
             elif (
@@ -177,6 +182,49 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _get_volume(self, segments: list[str]) -> None:
+        kube = self.server.kube
+        if len(segments) == 4:
+            self._json(HTTPStatus.OK, kube._list_volumes())
+            return
+        found = kube.volume(segments[4]) if len(segments) == 5 else None
+        if found is None:
+            message = f'persistentvolumes "{segments[-1]}" not found'
+            self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", message))
+        else:
+            self._json(HTTPStatus.OK, found)
+
+    def do_POST(self) -> None:
+        """Create a PersistentVolume or a PersistentVolumeClaim (`409` when it exists)."""
+        kube = self.server.kube
+        path = urlsplit(self.path).path.rstrip("/")
+        kube._record(Request("POST", path, {}))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        segments = path.split("/")
+        refused = kube._refused(path)
+        if refused is not None:
+            message = f'{refused} is forbidden: User "fake" cannot create resource "{refused}"'
+            self._json(HTTPStatus.FORBIDDEN, _status(403, "Forbidden", message))
+            return
+        if path == f"/api/v1/{VOLUMES}":
+            created = kube._create_volume(body)
+        elif (
+            len(segments) == 6
+            and path.startswith("/api/v1/namespaces/")
+            and (segments[5] == CLAIMS)
+        ):
+            body.setdefault("metadata", {})["namespace"] = segments[4]
+            created = kube._create_claim(body)
+        else:
+            self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", "no such path"))
+            return
+        if created is None:
+            name = body.get("metadata", {}).get("name")
+            message = f'{segments[-1]} "{name}" already exists'
+            self._json(HTTPStatus.CONFLICT, _status(409, "AlreadyExists", message))
+        else:
+            self._json(HTTPStatus.CREATED, created)
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -209,6 +257,7 @@ class FakeKube:
         self._lock = threading.Condition()
         self._namespaces: dict[str, dict[str, Any]] = {}
         self._claims: dict[tuple[str, str], dict[str, Any]] = {}
+        self._volumes: dict[str, dict[str, Any]] = {}
         self._forbidden: set[str] = set()
         self._pods: list[dict[str, Any]] = []
         self._history: list[Event] = []
@@ -360,8 +409,10 @@ class FakeKube:
         access_modes: tuple[str, ...] = ("ReadWriteMany",),
         phase: str = "Bound",
         quiet: bool = False,
+        volume_name: str | None = None,
     ) -> dict[str, Any]:
-        """A PersistentVolumeClaim; its Namespace need not exist here (think of `default`)."""
+        """A PersistentVolumeClaim; its Namespace need not exist here (think of `default`).
+        `volume_name`: the PersistentVolume it is bound to (`spec.volumeName`)."""
         with self._lock:
             if (namespace, name) in self._claims:
                 raise ValueError(f"claim {namespace}/{name} exists")
@@ -384,6 +435,8 @@ class FakeKube:
                 },
                 "status": {"phase": phase},
             }
+            if volume_name is not None:
+                obj["spec"]["volumeName"] = volume_name
             self._claims[namespace, name] = obj
             self._emit(Event(rv, "ADDED", copy.deepcopy(obj), CLAIMS), quiet=quiet)
             return copy.deepcopy(obj)
@@ -418,6 +471,36 @@ class FakeKube:
             rv = self._next_rv()
             obj["metadata"]["resourceVersion"] = str(rv)
             self._emit(Event(rv, "DELETED", copy.deepcopy(obj), CLAIMS), quiet=quiet)
+
+    def add_volume(
+        self, name: str, spec: Mapping[str, Any], *, phase: str = "Bound"
+    ) -> dict[str, Any]:
+        """A PersistentVolume with this `spec` (say `csi` or `nfs`, accessModes, claimRef)."""
+        with self._lock:
+            if name in self._volumes:
+                raise ValueError(f"volume {name!r} exists")
+            obj = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {
+                    "name": name,
+                    "uid": str(uuid.uuid4()),
+                    "resourceVersion": str(self._next_rv()),
+                    "creationTimestamp": CREATED,
+                },
+                "spec": copy.deepcopy(dict(spec)),
+                "status": {"phase": phase},
+            }
+            self._volumes[name] = obj
+            return copy.deepcopy(obj)
+
+    def volume(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._volumes.get(name)
+            return copy.deepcopy(found) if found is not None else None
+
+    def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_claim(namespace, name)
 
     def forbid(self, resource: str, *, forbidden: bool = True) -> None:
         """Answer `403 Forbidden` to every request for `resource` (RBAC not granted)."""
@@ -535,6 +618,8 @@ class FakeKube:
             resource = segments[5] if len(segments) >= 6 else segments[-1]
             if path.startswith("/api/v1/namespaces/") and len(segments) == 5:
                 resource = NAMESPACES
+            if len(segments) >= 4 and segments[3] == VOLUMES:
+                resource = VOLUMES
             return resource if resource in self._forbidden else None
 
     def _list_claims(self, namespace: str | None) -> dict[str, Any]:
@@ -549,6 +634,54 @@ class FakeKube:
                     if namespace in (None, where)
                 ],
             }
+
+    def _list_volumes(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeList",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": [copy.deepcopy(v) for v in self._volumes.values()],
+            }
+
+    def _create_volume(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """As the API server does for a pre-bound volume: stored `Available`, then `Bound`
+        once its claimRef names an existing claim (the PV controller's part, made instant)."""
+        with self._lock:
+            name = body["metadata"]["name"]
+            if name in self._volumes:
+                return None
+            obj = copy.deepcopy(body)
+            obj["metadata"].update(uid=str(uuid.uuid4()), resourceVersion=str(self._next_rv()))
+            obj["status"] = {"phase": "Available"}
+            self._volumes[name] = obj
+            self._bind_all()
+            return copy.deepcopy(obj)
+
+    def _create_claim(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            if key in self._claims:
+                return None
+            obj = copy.deepcopy(body)
+            rv = self._next_rv()
+            obj["metadata"].update(uid=str(uuid.uuid4()), resourceVersion=str(rv))
+            obj["status"] = {"phase": "Pending"}
+            self._claims[key] = obj
+            self._bind_all()
+            self._emit(Event(rv, "ADDED", copy.deepcopy(obj), CLAIMS))
+            return copy.deepcopy(obj)
+
+    def _bind_all(self) -> None:
+        """Bind each claim naming a volume whose claimRef names it back (pre-bound pairs)."""
+        for volume in self._volumes.values():
+            ref = volume["spec"].get("claimRef") or {}
+            claim = self._claims.get((ref.get("namespace"), ref.get("name")))  # type: ignore[arg-type]
+            if claim is None or claim["spec"].get("volumeName") != volume["metadata"]["name"]:
+                continue
+            volume["status"] = {"phase": "Bound"}
+            ref["uid"] = claim["metadata"]["uid"]
+            claim["status"] = {"phase": "Bound", "accessModes": claim["spec"]["accessModes"]}
 
     def _get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

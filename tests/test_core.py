@@ -262,7 +262,8 @@ def test_template_placeholders_are_filled_once() -> None:
     env = {e["name"]: e.get("value") for e in init["env"]}
     status = json.loads(after["metadata"]["annotations"][names.STATUS])
     assert env["CACHE_KEY"] == status["key"]
-    assert env["WHO"] == "${CACHE_KEY}/default/${UNKNOWN}"  # a label value is not expanded again
+    # a label value is not expanded again, and its `$` is doubled for the kubelet
+    assert env["WHO"] == "$${CACHE_KEY}/default/${UNKNOWN}"
     assert init["args"][-2:] == ["--log-level=debug", "--tag=v1"]
 
 

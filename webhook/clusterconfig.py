@@ -7,7 +7,15 @@ from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from webhook import names
 
@@ -16,6 +24,15 @@ DNS1123_SUBDOMAIN: Final = re.compile(
     r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*"
 )
 ENV_NAME: Final = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+# A Kubernetes resource.Quantity (the API server's own grammar).
+QUANTITY: Final = re.compile(
+    r"[+-]?(\d+\.?\d*|\.\d+)((Ki|Mi|Gi|Ti|Pi|Ei)|[numkMGTPE]|[eE][+-]?\d+)?"
+)
+# A qualified resource name (`cpu`, `memory`, `ephemeral-storage`, `nvidia.com/gpu`).
+RESOURCE_NAME: Final = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+)
 
 
 class PolicyMode(StrEnum):
@@ -60,16 +77,132 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class _Fragment(BaseModel):
+    """A corev1 fragment: unknown fields are refused (a typo must not reach a patch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+ProfileType = Literal["RuntimeDefault", "Localhost", "Unconfined"]
+
+
+class _Profile(_Fragment):
+    type: ProfileType
+    localhostProfile: str | None = None
+
+    @model_validator(mode="after")
+    def _localhost(self) -> _Profile:
+        if (self.type == "Localhost") != (self.localhostProfile is not None):
+            raise ValueError("localhostProfile is set exactly when type is Localhost")
+        return self
+
+
+class _Capabilities(_Fragment):
+    add: tuple[Annotated[str, Field(pattern=r"^[A-Z_0-9]+$")], ...] = ()
+    drop: tuple[Annotated[str, Field(pattern=r"^[A-Z_0-9]+$")], ...] = ()
+
+
+class _SELinuxOptions(_Fragment):
+    user: str | None = None
+    role: str | None = None
+    type: str | None = None
+    level: str | None = None
+
+
+_Id = Annotated[int, Field(ge=0, le=2_147_483_647)]
+
+
+class ContainerSecurityContext(_Fragment):
+    """corev1.SecurityContext, Linux fields only (the webhook skips Windows pods)."""
+
+    allowPrivilegeEscalation: bool | None = None
+    capabilities: _Capabilities | None = None
+    privileged: bool | None = None
+    procMount: Literal["Default", "Unmasked"] | None = None
+    readOnlyRootFilesystem: bool | None = None
+    runAsGroup: _Id | None = None
+    runAsNonRoot: bool | None = None
+    runAsUser: _Id | None = None
+    seLinuxOptions: _SELinuxOptions | None = None
+    seccompProfile: _Profile | None = None
+    appArmorProfile: _Profile | None = None
+
+    @model_validator(mode="after")
+    def _startable(self) -> ContainerSecurityContext:
+        if self.runAsNonRoot and self.runAsUser == 0:
+            raise ValueError("runAsNonRoot: true with runAsUser: 0 never starts")
+        if self.privileged and self.allowPrivilegeEscalation is False:
+            raise ValueError("privileged: true needs allowPrivilegeEscalation (the API refuses it)")
+        return self
+
+
+def _quantity(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is not a quantity")
+    if not QUANTITY.fullmatch(str(value)):
+        raise ValueError(f"{value!r} is not a quantity (such as 100m, 1, 512Mi, 2Gi)")
+    return value
+
+
+Quantity = Annotated[str | int | float, AfterValidator(_quantity)]
+
+
+class ResourceRequirements(_Fragment):
+    model_config = ConfigDict(extra="forbid", frozen=True)  # quantities may be numbers
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if len(name) > 253 or not RESOURCE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a resource name")
+        return value
+
+
+class _Ref(_Fragment):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    optional: bool | None = None
+
+
+class EnvFromSource(_Fragment):
+    configMapRef: _Ref | None = None
+    secretRef: _Ref | None = None
+    prefix: Annotated[str, Field(pattern=f"^{ENV_NAME.pattern}$")] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvFromSource:
+        if (self.configMapRef is None) == (self.secretRef is None):
+            raise ValueError("exactly one of configMapRef and secretRef")
+        return self
+
+
+_VALUE_SOURCES: Final = frozenset(
+    {"fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef"}
+)
+
+
 class EnvVar(_Strict):
-    name: Annotated[str, Field(pattern=ENV_NAME.pattern, max_length=256)]
+    name: Annotated[str, Field(pattern=f"^{ENV_NAME.pattern}$", max_length=256)]
     value: str | None = None
     valueFrom: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.valueFrom is not None:
+            if self.value:
+                raise ValueError("value and valueFrom are exclusive")
+            if len(self.valueFrom) != 1 or not set(self.valueFrom) <= _VALUE_SOURCES:
+                raise ValueError(f"valueFrom takes exactly one of {sorted(_VALUE_SOURCES)}")
+        return self
 
 
 class InitContainerTemplate(_Strict):
     """The `storage-initializer` we inject; `${NAME}` placeholders are filled per pod."""
 
-    image: Annotated[str, Field(min_length=1, max_length=512)] = (
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] = (
         "ghcr.io/kserve-cache/kserve-cache-fetcher:0.1.0"
     )
     imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -78,9 +211,33 @@ class InitContainerTemplate(_Strict):
     envFrom: tuple[dict[str, Any], ...] = ()
     extraArgs: tuple[str, ...] = ()
     securityContext: dict[str, Any] = Field(default_factory=_restricted_security_context)
-    terminationMessagePath: str = "/dev/termination-log"
+    terminationMessagePath: Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=4096)] = (
+        "/dev/termination-log"
+    )
+    # The uid (and gid) given to the init container of a pod that runs as root (uid 0): the
+    # restricted securityContext says runAsNonRoot, which the kubelet refuses with uid 0.
+    nonRootUser: Annotated[int, Field(ge=1, le=2_147_483_647)] = 1000
     leaseTTLSeconds: Annotated[int, Field(ge=5, le=86_400)] = 120
     waitTimeoutSeconds: Annotated[int, Field(ge=10, le=86_400)] = 3_600
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, Any]) -> dict[str, Any]:
+        ResourceRequirements.model_validate(value)
+        return value
+
+    @field_validator("securityContext")
+    @classmethod
+    def _security(cls, value: dict[str, Any]) -> dict[str, Any]:
+        ContainerSecurityContext.model_validate(value)
+        return value
+
+    @field_validator("envFrom")
+    @classmethod
+    def _env_from(cls, value: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        for item in value:
+            EnvFromSource.model_validate(item)
+        return value
 
 
 class ClusterConfig(_Strict):

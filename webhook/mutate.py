@@ -14,11 +14,11 @@ from typing import Any
 
 from webhook import __version__, names
 from webhook.clusterconfig import ClusterConfig, ServingMode
-from webhook.keys import cache_key
+from webhook.keys import cache_key, source_endpoint
 from webhook.policy import Policy
 from webhook.selection import ModelSource, find_init_container, metadata
 from webhook.skips import Skip, SkipReason
-from webhook.template import FetchSpec, build_init_container
+from webhook.template import FetchSpec, build_init_container, plain_env
 
 
 def status_annotation(spec: FetchSpec, policy: Policy) -> str:
@@ -32,6 +32,8 @@ def status_annotation(spec: FetchSpec, policy: Policy) -> str:
     }
     if spec.revision:
         status["revision"] = spec.revision
+    if spec.endpoint:
+        status["endpoint"] = spec.endpoint
     status["by"] = policy.status_sources()
     return json.dumps(status, sort_keys=True, separators=(",", ":"))
 
@@ -45,9 +47,12 @@ def fetch_spec(
     namespace: str,
 ) -> FetchSpec:
     labels, _ = metadata(pod)
+    existing = find_init_container(pod, names.STORAGE_INITIALIZER)
+    endpoint = source_endpoint(source.uri, plain_env(existing, config.initContainer))
     return FetchSpec(
         uri=source.uri,
-        key=cache_key(source.uri, policy.revision),
+        key=cache_key(source.uri, policy.revision, endpoint),
+        endpoint=endpoint,
         revision=policy.revision,
         mode=policy.serving_mode,
         pvc=policy.pvc,
@@ -100,8 +105,56 @@ def _is_model_path(path: object) -> bool:
     return isinstance(path, str) and path.rstrip("/") == names.MODEL_MOUNT_PATH
 
 
-def _retarget_model_mounts(containers: list[dict[str, Any]], mount: dict[str, Any]) -> bool:
-    """Point every /mnt/models mount at our volume; True when any container had one."""
+def _model_mounts(container: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [
+        m
+        for m in container.get("volumeMounts") or ()
+        if isinstance(m, Mapping) and _is_model_path(m.get("mountPath"))
+    ]
+
+
+def copy_mode_reason(pod: Mapping[str, Any]) -> str | None:
+    """Why this pod must get its own writable copy instead of the shared read-only mount.
+
+    - `storage.kserve.io/readonly: "false"`, or any container mounting /mnt/models writable:
+      it writes into its model folder, which a shared cache entry must never allow;
+    - an init container (or native sidecar) that starts before the downloader and mounts
+      /mnt/models: on a miss, mount mode would show it an empty cache entry, and the kubelet
+      would create that entry's folder before the download publishes it. In copy mode it sees
+      KServe's emptyDir exactly as without the cache. Init containers are never reordered:
+      one that runs first may be what the download needs (a proxy, a CA bundle, iptables).
+    """
+    _, annotations = metadata(pod)
+    if str(annotations.get(names.KSERVE_READONLY, "")).strip().lower() == "false":
+        return f'{names.KSERVE_READONLY} is "false": the model server writes to /mnt/models'
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping):
+        return None
+    init = [c for c in spec.get("initContainers") or () if isinstance(c, Mapping)]
+    ours = next(
+        (i for i, c in enumerate(init) if c.get("name") == names.STORAGE_INITIALIZER), len(init)
+    )
+    for position, container in enumerate(init):
+        if position == ours or not _model_mounts(container):
+            continue
+        if position < ours:
+            return (
+                f"init container {container.get('name')!r} mounts /mnt/models and starts "
+                "before the downloader"
+            )
+    containers = [c for c in spec.get("containers") or () if isinstance(c, Mapping)]
+    for container in [*init[ours + 1 :], *containers]:
+        for mount in _model_mounts(container):
+            if mount.get("readOnly") is not True:
+                return f"container {container.get('name')!r} mounts /mnt/models writable"
+    return None
+
+
+def _retarget_model_mounts(
+    containers: list[dict[str, Any]], mount: dict[str, Any], *, mode: ServingMode
+) -> bool:
+    """Point every /mnt/models mount at our volume; True when any container had one. In copy
+    mode a mount of KServe's emptyDir stays as it is (its own readOnly included)."""
     found = False
     for container in containers:
         mounts = container.get("volumeMounts")
@@ -116,8 +169,10 @@ def _retarget_model_mounts(containers: list[dict[str, Any]], mount: dict[str, An
                     f"container {container.get('name')!r} mounts volume "
                     f"{existing.get('name')!r} at {names.MODEL_MOUNT_PATH}",
                 )
-            mounts[index] = dict(mount)
             found = True
+            if mode is ServingMode.COPY and existing.get("name") == names.PROVISION_VOLUME:
+                continue
+            mounts[index] = dict(mount)
     return found
 
 
@@ -168,7 +223,7 @@ def mutate(
         c for c in init_containers if c.get("name") != names.STORAGE_INITIALIZER
     ]
     model_mount = _model_mount(spec)
-    if not _retarget_model_mounts(readers, model_mount):
+    if not _retarget_model_mounts(readers, model_mount, mode=spec.mode):
         target = next((c for c in containers if c.get("name") == names.KSERVE_CONTAINER), None)
         if target is None:
             raise Skip(
@@ -182,7 +237,13 @@ def mutate(
 
     # 3. our storage-initializer, taking over KServe's (or ours from an earlier pass)
     existing = find_init_container(out, names.STORAGE_INITIALIZER)
-    initializer = build_init_container(existing, spec=spec, template=config.initContainer)
+    pod_security = pod_spec.get("securityContext")
+    initializer = build_init_container(
+        existing,
+        spec=spec,
+        template=config.initContainer,
+        pod_security=pod_security if isinstance(pod_security, Mapping) else None,
+    )
     if existing is None:
         init_containers.append(initializer)
     else:

@@ -29,6 +29,13 @@ STORAGE_INITIALIZER: Final = "storage-initializer"
 KSERVE_CONTAINER: Final = "kserve-container"
 PROVISION_VOLUME: Final = "kserve-provision-location"
 MODEL_MOUNT_PATH: Final = "/mnt/models"
+# `storage.kserve.io/readonly: "false"`: the model server writes into its model folder.
+KSERVE_READONLY: Final = "storage.kserve.io/readonly"
+# A `storage:` spec: KServe's source-URI annotation holds this placeholder scheme and its pod
+# mutator puts the real URI in the first argument of its storage-initializer.
+KSERVE_STORAGE_PLACEHOLDER: Final = "<scheme-placeholder>"
+# Istio CNI: the uid KServe gives its storage-initializer so its traffic bypasses the proxy.
+KSERVE_INITIALIZER_UID: Final = "serving.kserve.io/storage-initializer-uid"
 
 # What we inject.
 CACHE_VOLUME: Final = "kserve-cache"

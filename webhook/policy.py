@@ -40,6 +40,7 @@ class Layer(StrEnum):
     CLUSTER = "cluster"
     NAMESPACE = "namespace"
     POD = "pod"
+    SHAPE = "pod shape"  # the pod's shape overrode a setting (copy mode for a writer)
 
     @property
     def short(self) -> str:
@@ -52,6 +53,7 @@ _SHORT: Final = {
     Layer.CLUSTER: "cluster",
     Layer.NAMESPACE: "ns",
     Layer.POD: "pod",
+    Layer.SHAPE: "shape",
 }
 # Settings shown by `status_sources`, and their compact names there.
 _STATUS_SETTINGS: Final = (

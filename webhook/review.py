@@ -7,23 +7,27 @@ the cache cannot be applied to is admitted unchanged with a named skip reason.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from webhook import names
-from webhook.clusterconfig import ClusterConfig
-from webhook.mutate import fetch_spec, mutate
+from webhook.clusterconfig import ClusterConfig, ServingMode
+from webhook.mutate import copy_mode_reason, fetch_spec, mutate
 from webhook.namespaces import ClaimInfo, NamespaceView
 from webhook.patch import encode_patch, make_patch
-from webhook.policy import Policy, resolve_policy
+from webhook.policy import Layer, Policy, resolve_policy
 from webhook.selection import (
     Origin,
+    check_initializer_shape,
+    check_os,
     check_pod,
     check_source,
     find_init_container,
     find_model_source,
+    is_placeholder_uri,
     metadata,
 )
 from webhook.skips import Skip, SkipReason
@@ -97,13 +101,12 @@ def parse_review(body: Any) -> AdmissionRequest:
     obj = request.get("object")
     if obj is not None and not isinstance(obj, dict):
         raise BadReview("request.object: not an object")
+    # Only the request's namespace, which the API server sets from the URL it authorised:
+    # never the object's own metadata.namespace, which a caller can write freely (taking it
+    # would answer with another namespace's policy and claims).
     namespace = request.get("namespace") or ""
     if not isinstance(namespace, str):
         raise BadReview("request.namespace: not a string")
-    if not namespace and isinstance(obj, Mapping):
-        meta = obj.get("metadata")
-        if isinstance(meta, Mapping) and isinstance(meta.get("namespace"), str):
-            namespace = meta["namespace"]
     return AdmissionRequest(
         api_version=str(api_version),
         uid=uid,
@@ -145,13 +148,20 @@ def decide(
         )
         if policy.skip is not None:
             raise Skip(policy.skip)
-        source = check_source(find_model_source(pod))
+        check_os(pod)
+        source = find_model_source(pod)
         kserve_pending = (
-            source.origin is Origin.KSERVE
+            source is not None
+            and source.origin is Origin.KSERVE
             and find_init_container(pod, names.STORAGE_INITIALIZER) is None
         )
-        if kserve_pending and not config.injectWithoutKServe:
+        awaiting = kserve_pending and not config.injectWithoutKServe
+        if awaiting and source is not None and is_placeholder_uri(source.uri):
+            raise Skip(SkipReason.AWAITING_KSERVE, "KServe resolves the storage: spec")
+        source = check_source(source)
+        if awaiting:
             raise Skip(SkipReason.AWAITING_KSERVE, "KServe's pod mutator has not run yet")
+        check_initializer_shape(pod)
         if claims is not None:
             claim = claims.get(policy.pvc)
             if claim is None:
@@ -165,6 +175,18 @@ def decide(
                     f"{namespace!r} is not ReadWriteMany ({', '.join(claim.access_modes)}): "
                     "pods on other nodes cannot mount it",
                 )
+        if policy.serving_mode is ServingMode.MOUNT:
+            why = copy_mode_reason(pod)
+            if why is not None:
+                policy = dataclasses.replace(
+                    policy,
+                    serving_mode=ServingMode.COPY,
+                    sources={**policy.sources, "serving-mode": Layer.SHAPE},
+                    warnings=(
+                        *policy.warnings,
+                        f"kserve-cache: serving mode copy instead of mount: {why}",
+                    ),
+                )
         spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
         after = mutate(pod, policy, source=source, config=config, namespace=namespace, spec=spec)
     except Skip as skip:
@@ -174,6 +196,9 @@ def decide(
             SkipReason.VOLUME_CONFLICT,
             SkipReason.FOREIGN_MODEL_MOUNT,
             SkipReason.PVC_MISSING,
+            SkipReason.WINDOWS_POD,
+            SkipReason.MULTIPLE_STORAGE_URIS,
+            SkipReason.CUSTOM_MODEL_PATH,
         ):
             warnings = (*warnings, f"kserve-cache: pod admitted without the cache: {skip}")
         return Decision(

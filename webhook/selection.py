@@ -26,6 +26,7 @@ class Origin(StrEnum):
     KSERVE = "kserve"  # KServe's storage-initializer-sourceuri annotation
     KSERVE_ARGS = "kserve-args"  # the args of KServe's storage-initializer
     STATUS = "status"  # our own status annotation, from an earlier pass
+    STORAGE_SPEC = "storage-spec"  # a `storage:` spec: the first arg of KServe's initializer
 
 
 @dataclass(frozen=True)
@@ -87,24 +88,85 @@ def validate_uri(uri: str) -> str | None:
     return None
 
 
+def is_ours(container: Mapping[str, Any] | None) -> bool:
+    """True for a `storage-initializer` this webhook made (it runs `kserve-cache fetch`)."""
+    if container is None:
+        return False
+    command = container.get("command")
+    args = container.get("args")
+    return (
+        isinstance(command, list)
+        and command == [names.FETCH_COMMAND]
+        and isinstance(args, list)
+        and bool(args)
+        and args[0] == "fetch"
+    )
+
+
+def is_placeholder_uri(uri: object) -> bool:
+    """True for the source URI of a `storage:` spec, which only KServe's mutator resolves."""
+    return isinstance(uri, str) and uri.startswith(names.KSERVE_STORAGE_PLACEHOLDER + "://")
+
+
 def find_model_source(pod: Mapping[str, Any]) -> ModelSource | None:
-    """The storage URI: ours, else KServe's annotation, else the args of KServe's initializer."""
+    """The storage URI: ours, else KServe's annotation, else the args of KServe's initializer.
+
+    A `storage:` spec leaves a placeholder in KServe's annotation: the real URI is the first
+    argument KServe's mutator gave its initializer (or, after our take-over, our status).
+    """
     _, annotations = metadata(pod)
     ours = annotations.get(names.STORAGE_URI)
     if ours is not None:
         return ModelSource(str(ours), Origin.ANNOTATION)
     kserve = annotations.get(names.KSERVE_SOURCE_URI)
-    if kserve:
-        return ModelSource(str(kserve), Origin.KSERVE)
     initializer = find_init_container(pod, names.STORAGE_INITIALIZER)
+    if kserve and not (is_placeholder_uri(kserve) and initializer is not None):
+        return ModelSource(str(kserve), Origin.KSERVE)
     if initializer is not None:
+        if is_ours(initializer):
+            status = _status_uri(annotations.get(names.STATUS))
+            return ModelSource(status, Origin.STATUS) if status is not None else None
         args = initializer.get("args") or []
-        if args and isinstance(args[0], str) and args[0] != "fetch":
-            return ModelSource(args[0], Origin.KSERVE_ARGS)
-        status = _status_uri(annotations.get(names.STATUS))
-        if status is not None:
-            return ModelSource(status, Origin.STATUS)
+        if args and isinstance(args[0], str):
+            origin = Origin.STORAGE_SPEC if kserve else Origin.KSERVE_ARGS
+            return ModelSource(args[0], origin)
     return None
+
+
+def check_initializer_shape(pod: Mapping[str, Any]) -> None:
+    """Raise Skip for a KServe initializer that downloads anything but one URI to /mnt/models.
+
+    `storageUris` (a base model plus adapters...) gives KServe's initializer uri/path argument
+    pairs: `fetch` downloads one URI per run, so caching the first would drop the others.
+    """
+    initializer = find_init_container(pod, names.STORAGE_INITIALIZER)
+    if initializer is None or is_ours(initializer):
+        return
+    args = initializer.get("args")
+    if not isinstance(args, list) or len(args) < 2:
+        return
+    if len(args) > 2:
+        uris = [str(a) for a in args[0::2]]
+        raise Skip(
+            SkipReason.MULTIPLE_STORAGE_URIS,
+            f"KServe's storage-initializer downloads {len(uris)} URIs (storageUris); the cache "
+            "takes one URI at /mnt/models",
+        )
+    target = args[1]
+    if not isinstance(target, str) or target.rstrip("/") != names.MODEL_MOUNT_PATH:
+        raise Skip(
+            SkipReason.CUSTOM_MODEL_PATH,
+            f"KServe's storage-initializer downloads to {str(target)[:100]!r}, not "
+            f"{names.MODEL_MOUNT_PATH} (storageUris with a mountPath)",
+        )
+
+
+def check_os(pod: Mapping[str, Any]) -> None:
+    """Raise Skip for Windows pods: the injected container uses Linux-only fields."""
+    spec = pod.get("spec")
+    os_spec = spec.get("os") if isinstance(spec, Mapping) else None
+    if isinstance(os_spec, Mapping) and str(os_spec.get("name", "")).lower() == "windows":
+        raise Skip(SkipReason.WINDOWS_POD, "spec.os.name is windows")
 
 
 def _status_uri(raw: object) -> str | None:
@@ -127,6 +189,11 @@ def check_source(source: ModelSource | None) -> ModelSource:
         raise Skip(SkipReason.PVC_URI, "the model is already on a volume")
     if scheme == "oci":
         raise Skip(SkipReason.MODELCAR_URI, "served by KServe's modelcar")
+    if is_placeholder_uri(source.uri):
+        raise Skip(
+            SkipReason.UNSUPPORTED_URI,
+            "a storage: spec URI is resolved by KServe's pod mutator, which has not run",
+        )
     problem = validate_uri(source.uri)
     if problem is not None:
         reason = (

@@ -22,6 +22,9 @@ class SkipReason(StrEnum):
     VOLUME_CONFLICT = "volume-conflict"
     FOREIGN_MODEL_MOUNT = "foreign-model-mount"
     NO_MODEL_CONTAINER = "no-model-container"
+    WINDOWS_POD = "windows-pod"
+    MULTIPLE_STORAGE_URIS = "multiple-storage-uris"
+    CUSTOM_MODEL_PATH = "custom-model-path"
 
 
 class Skip(Exception):

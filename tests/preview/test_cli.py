@@ -139,7 +139,7 @@ def test_inference_service_in_both_deployment_modes(
     # KServe's downloader was there first; ours took its place and its name
     (init,) = pod["spec"]["initContainers"]
     assert init["name"] == "storage-initializer"
-    assert init["args"][:3] == ["fetch", "--uri", uri]
+    assert init["args"][:2] == ["fetch", f"--uri={uri}"]
     # mount mode: the emptyDir KServe added is gone, the model is the read-only cache subPath
     assert [v["name"] for v in pod["spec"]["volumes"]] == ["kserve-cache"]
     (mount,) = pod["spec"]["containers"][0]["volumeMounts"]

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "stats": "webhook.cli.stats",
     "warm": "webhook.cli.warm",
     "preview": "webhook.cli.preview",
+    "verify": "webhook.cli.verify",
     "share": "webhook.cli.share",
 }
 

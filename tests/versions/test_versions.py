@@ -159,3 +159,34 @@ def test_verify_plain_legacy_folder_and_bad_key(layout: Layout) -> None:
     assert rows[0]["version"] == "(plain folder)"
     code, _ = _verify(layout.root, "--key", "NOT A KEY")
     assert code == 2
+
+
+def test_old_versions_kept_while_a_live_pod_started_on_them(layout: Layout) -> None:
+    from webhook.cache.refs import list_versions, read_ref, record_served
+    from webhook.cache.versions import evict_old_versions, plan_old_versions
+
+    v1 = write_version(layout.root, KEY, {"w.bin": b"one"})
+    record_served(layout, KEY, v1.name, pod="pod-a", now=100.0)
+    v2 = write_version(layout.root, KEY, {"w.bin": b"two"})
+    record_served(layout, KEY, v2.name, pod="pod-b", now=200.0)
+    old = 10_000.0 + v2.stat().st_mtime
+    plan = plan_old_versions(
+        layout, live_pods=frozenset({"pod-a"}), keys_in_use=frozenset({KEY}), now=old, grace=60
+    )
+    assert [(p.version, p.action) for p in plan] == [(v1.name, "keep")]
+    assert "pod-a" in plan[0].reason
+    assert evict_old_versions(layout, plan) == []
+    # pod-a is gone: v1 goes, the current v2 never does.
+    plan = plan_old_versions(
+        layout, live_pods=frozenset({"pod-b"}), keys_in_use=frozenset({KEY}), now=old, grace=60
+    )
+    assert [(p.version, p.action) for p in plan] == [(v1.name, "evict")]
+    assert [e.version for e in evict_old_versions(layout, plan)] == [v1.name]
+    assert list_versions(layout, KEY) == [v2.name]
+    assert read_ref(layout, KEY).version == v2.name
+    # Within the grace period, and without a cluster check, only time protects.
+    v3 = write_version(layout.root, KEY, {"w.bin": b"three"})
+    plan = plan_old_versions(
+        layout, live_pods=None, keys_in_use=None, now=v3.stat().st_mtime + 1, grace=60
+    )
+    assert [(p.version, p.action) for p in plan] == [(v2.name, "keep")]

@@ -237,3 +237,99 @@ def quarantine(layout: Layout, info: VersionInfo, *, now: float | None = None) -
     info.path.rename(target)
     logger.warning("quarantined %s to %s", info.path, target)
     return target
+
+
+# --- old versions: kept while a live pod may have started on them -------------------------
+
+
+@dataclass(frozen=True)
+class OldVersion:
+    key: str
+    version: str
+    path: Path
+    action: str  # "evict" or "keep"
+    reason: str
+
+
+def plan_old_versions(
+    layout: Layout,
+    *,
+    live_pods: frozenset[str] | None,
+    keys_in_use: frozenset[str] | None,
+    now: float,
+    grace: float,
+) -> list[OldVersion]:
+    """Every version that is not the one its ref names, and whether gc may remove it.
+
+    Kept: a version a live pod started on (fetch records `pod -> version` in
+    `versions/<key>/.served.json`); a `legacy-*` folder (pods from before versions left no
+    record) while any live pod uses the key; anything served or installed within `grace`.
+    `live_pods=None` (the cluster was not asked) leaves only the grace rule, as gc does for
+    entries.
+    """
+    from webhook.cache.refs import read_served
+
+    plan: list[OldVersion] = []
+    for key in cache_keys(layout):
+        ref = read_ref(layout, key)
+        served = read_served(layout, key)
+        for name in list_versions(layout, key):
+            if ref.kind == "link" and ref.version == name:
+                continue
+            path = version_dir(layout, key, name)
+            pods = {p for p, (v, _) in served.items() if v == name}
+            last = max([t for p, (v, t) in served.items() if v == name], default=0.0)
+            with contextlib.suppress(FileNotFoundError):
+                last = max(last, path.stat().st_mtime)
+            if live_pods is not None and pods & live_pods:
+                why = "keep", f"live pod {sorted(pods & live_pods)[0]} started on it"
+            elif name.startswith("legacy-") and keys_in_use is not None and key in keys_in_use:
+                why = "keep", "pre-versions folder of a key live pods use"
+            elif now - last < grace:
+                why = "keep", "served or installed within the grace period"
+            else:
+                why = "evict", "superseded, no live pod on it"
+            plan.append(OldVersion(key, name, path, *why))
+    return plan
+
+
+def evict_old_versions(layout: Layout, plan: list[OldVersion]) -> list[OldVersion]:
+    """Rename each evictable old version to `.trash/` (then delete it); the evicted ones.
+
+    The ref is read again first: a version that became current since the plan stays.
+    """
+    import shutil
+
+    evicted = []
+    for old in plan:
+        if old.action != "evict":
+            continue
+        ref = read_ref(layout, old.key)
+        if ref.kind == "link" and ref.version == old.version:
+            continue
+        trash = layout.new_trash(old.key, now=time.time())
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            old.path.rename(trash)
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        evicted.append(old)
+        logger.info("evicted old version %s/%s (%s)", old.key, old.version, old.reason)
+    return evicted
+
+
+def drop_versions(layout: Layout, key: str) -> None:
+    """After gc evicted `models/<key>`: move `versions/<key>` to trash when nothing names it."""
+    import shutil
+
+    if read_ref(layout, key).kind != "absent":
+        return
+    folder = versions_of(layout, key)
+    trash = layout.new_trash(key, now=time.time())
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,11 +1,13 @@
-"""Charts of the committed benchmark results (matplotlib, from the JSON files only):
-benchmarks/results/coldstart.png from coldstart.json.
+"""Charts of the benchmark results (matplotlib, from the JSON files only):
+coldstart.png from coldstart.json, readpath.png from readpath.json.
 
-    .venv/bin/python benchmarks/charts.py
+    .venv/bin/python benchmarks/charts.py                      # benchmarks/results/*.png
+    .venv/bin/python benchmarks/charts.py --results DIR readpath
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,7 +19,9 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
 
-RESULTS = Path(__file__).resolve().parent / "results"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE / "readpath"))
 
 TIMES = [
     ("plain_download_s", "miss: plain kserve-storage download", "#bbbbbb"),
@@ -75,15 +79,85 @@ def coldstart(data: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
-    source = RESULTS / "coldstart.json"
-    if not source.exists():
-        print(f"{source} not found: run benchmarks/coldstart/run.py first", file=sys.stderr)
-        return 1
-    out = RESULTS / "coldstart.png"
-    coldstart(json.loads(source.read_text()), out)
-    print(out)
-    return 0
+PHASES = [
+    ("prefetch_s", "prefetch (init container)", "#9467bd"),
+    ("copy_s", "copy (init container)", "#ff7f0e"),
+    ("load_s", "model server's read", "#1f77b4"),
+]
+
+
+def readpath(data: dict[str, Any], out: Path) -> None:
+    """One panel per filesystem: seconds to model loaded per method (phases stacked), and the
+    time the volume's sequential ceiling would take for the same bytes."""
+    from methods import label  # benchmarks/readpath/methods.py: the methods' names
+
+    filesystems = data["filesystems"]
+    fig, axes = plt.subplots(
+        1, len(filesystems), figsize=(7 * len(filesystems), 5.6), squeeze=False
+    )
+    for ax, fs in zip(axes[0], filesystems, strict=True):
+        rows = fs["methods"]
+        names = [label(r["method"]) for r in rows]
+        left = [0.0] * len(rows)
+        for key, name, color in PHASES:
+            values = [_median(r, key) for r in rows]
+            if not any(values):
+                continue
+            ax.barh(names, values, left=left, color=color, label=name)
+            left = [a + b for a, b in zip(left, values, strict=True)]
+        for index, total in enumerate(left):
+            ax.text(total, index, f" {total:.2f} s", va="center", fontsize=7)
+        ideal = fs["model"]["bytes"] / 1e6 / fs["ceiling_mb_s"]
+        ax.axvline(ideal, color="#d62728", linestyle="--", linewidth=1)
+        ax.text(
+            ideal,
+            len(rows) - 0.4,
+            f" ceiling: {fs['ceiling_mb_s']:,.0f} MB/s",
+            color="#d62728",
+            fontsize=7,
+            va="bottom",
+        )
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(left) * 1.25)
+        ax.set_xlabel("seconds to model loaded (cold cache)")
+        ax.set_title(f"{fs['name']}: {fs['model']['bytes'] / 1e9:.2f} GB model", fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    meta = data.get("meta", {})
+    fig.suptitle(
+        f"Read path from the cache to the model server ({meta.get('date', '')}, "
+        f"{meta.get('cpus', '?')} shared CPUs, median of {meta.get('repeat', '?')} cold runs)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _median(row: dict[str, Any], key: str) -> float:
+    values = sorted(r.get(key, 0.0) for r in row["runs"])
+    return float(values[len(values) // 2]) if values else 0.0
+
+
+CHARTS = {"coldstart": coldstart, "readpath": readpath}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Draw the benchmark charts from their JSON.")
+    parser.add_argument("names", nargs="*", default=list(CHARTS), help="coldstart, readpath")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON files")
+    args = parser.parse_args(argv)
+    code = 0
+    for name in args.names:
+        source = args.results / f"{name}.json"
+        if not source.exists():
+            print(f"{source} not found: run benchmarks/{name}/run.py first", file=sys.stderr)
+            code = 1
+            continue
+        out = args.results / f"{name}.png"
+        CHARTS[name](json.loads(source.read_text()), out)
+        print(out)
+    return code
 
 
 if __name__ == "__main__":

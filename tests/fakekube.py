@@ -91,6 +91,27 @@ def _matches(selector: str | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
+_PLURALS = {
+    "Deployment": "deployments",
+    "Secret": "secrets",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
+    "StorageClass": "storageclasses",
+    "CSIDriver": "csidrivers",
+}
+
+
+def _object_path(obj: Mapping[str, Any]) -> str:
+    """The REST path of an object `put_object` stores."""
+    api_version = str(obj["apiVersion"])
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    meta = obj.get("metadata") or {}
+    plural = _PLURALS[str(obj["kind"])]
+    where = f"/namespaces/{meta['namespace']}" if meta.get("namespace") else ""
+    return f"{base}{where}/{plural}/{meta['name']}"
+
+
 class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = False
@@ -170,10 +191,27 @@ class _Handler(BaseHTTPRequestHandler):
                 and (segments[5] == "pods")
             ):
                 self._json(HTTPStatus.OK, kube._list_pods(segments[4], query))
+            elif kube._has_objects(path):
+                self._get_object(path)
             else:
                 self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", "no such path"))
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
+
+    def _get_object(self, path: str) -> None:
+        """GET or list of the objects `put_object` stored (Deployments, Secrets, ...)."""
+        kube = self.server.kube
+        resource = kube._resource_of(path)
+        if resource in kube._forbidden:
+            message = f'{resource} is forbidden: User "fake" cannot get resource "{resource}"'
+            self._json(HTTPStatus.FORBIDDEN, _status(403, "Forbidden", message))
+            return
+        found = kube._object_at(path)
+        if found is None:
+            message = f'{resource} "{path.rsplit("/", 1)[-1]}" not found'
+            self._json(HTTPStatus.NOT_FOUND, _status(404, "NotFound", message))
+        else:
+            self._json(HTTPStatus.OK, found)
 
     def _json(self, status: HTTPStatus, body: Mapping[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -258,6 +296,7 @@ class FakeKube:
         self._namespaces: dict[str, dict[str, Any]] = {}
         self._claims: dict[tuple[str, str], dict[str, Any]] = {}
         self._volumes: dict[str, dict[str, Any]] = {}
+        self._objects: dict[str, dict[str, Any]] = {}
         self._forbidden: set[str] = set()
         self._pods: list[dict[str, Any]] = []
         self._history: list[Event] = []
@@ -501,6 +540,55 @@ class FakeKube:
 
     def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get_claim(namespace, name)
+
+    # any other kind (Deployments, Secrets, ConfigMaps, webhook configurations, storage) ---
+
+    def put_object(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Store (or replace) an object of any kind; GET by name and list at its REST path."""
+        stored = copy.deepcopy(dict(obj))
+        meta = stored.setdefault("metadata", {})
+        with self._lock:
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta["resourceVersion"] = str(self._next_rv())
+            meta.setdefault("creationTimestamp", CREATED)
+            self._objects[_object_path(stored)] = stored
+        return copy.deepcopy(stored)
+
+    def remove_object(self, obj: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._objects.pop(_object_path(obj), None)
+
+    def set_claim_volume(self, namespace: str, name: str, volume: str) -> None:
+        """Bind a claim to a PersistentVolume by name (`spec.volumeName`)."""
+        with self._lock:
+            self._claims[namespace, name]["spec"]["volumeName"] = volume
+
+    def _has_objects(self, path: str) -> bool:
+        with self._lock:
+            return any(p == path or p.startswith(path + "/") for p in self._objects) or (
+                self._resource_of(path) in _PLURALS.values()
+            )
+
+    def _resource_of(self, path: str) -> str:
+        segments = path.split("/")
+        for plural in _PLURALS.values():
+            if plural in segments:
+                return plural
+        return segments[-1]
+
+    def _object_at(self, path: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._objects.get(path)
+            if found is not None:
+                return copy.deepcopy(found)
+            if path.rsplit("/", 1)[-1] != self._resource_of(path):
+                return None
+            items = [
+                copy.deepcopy(o)
+                for p, o in sorted(self._objects.items())
+                if p.rsplit("/", 1)[0] == path
+            ]
+            return {"kind": "List", "metadata": {"resourceVersion": str(self._rv)}, "items": items}
 
     def forbid(self, resource: str, *, forbidden: bool = True) -> None:
         """Answer `403 Forbidden` to every request for `resource` (RBAC not granted)."""

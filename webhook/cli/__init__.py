@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "preview": "webhook.cli.preview",
     "verify": "webhook.cli.verify",
     "share": "webhook.cli.share",
+    "doctor": "webhook.cli.doctor",
 }
 
 

@@ -95,7 +95,7 @@ def test_every_golden_folder_is_complete() -> None:
 def test_golden_cases_cover_every_outcome() -> None:
     outcomes = {json.loads(c.expected_file.read_text())["outcome"] for c in CASES}
     reasons = {json.loads(c.expected_file.read_text())["reason"] for c in CASES}
-    assert {"mutated", "skipped"} <= outcomes
+    assert {"mutated", "skipped", "unchanged"} <= outcomes
     assert {
         "awaiting-kserve",
         "pvc-uri",
@@ -106,4 +106,7 @@ def test_golden_cases_cover_every_outcome() -> None:
         "volume-conflict",
         "foreign-model-mount",
         "not-opted-in",
+        "windows-pod",
+        "multiple-storage-uris",
+        "custom-model-path",
     } <= reasons

@@ -5,7 +5,9 @@ makes from an InferenceService, and the `storage-initializer` KServe's pod mutat
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -289,6 +291,15 @@ def predictor_pod(
         k: copy.deepcopy(v) for k, v in predictor.items() if k in POD_SPEC_FIELDS
     }
     pod_spec["containers"] = containers
+    storage_uris = _storage_uris(predictor.get("storageUris"))
+    if storage_uris:
+        if uri:
+            raise InferenceServiceError(
+                "spec.predictor: storageUri and storageUris are mutually exclusive"
+            )
+        _add_multi_initializer(
+            pod_spec, storage_uris, read_only=_read_only({"metadata": {"annotations": annotations}})
+        )
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -301,6 +312,51 @@ def predictor_pod(
         "spec": pod_spec,
     }
     return PredictorPod(pod=pod, mode=chosen, storage_uri=uri)
+
+
+def _storage_uris(raw: Any) -> list[tuple[str, str]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw:
+        raise InferenceServiceError("spec.predictor.storageUris: expected a non-empty list")
+    out = []
+    for position, item in enumerate(raw):
+        where = f"spec.predictor.storageUris[{position}]"
+        item = _mapping(item, where)
+        uri, path = item.get("uri"), item.get("mountPath", names.MODEL_MOUNT_PATH)
+        if not isinstance(uri, str) or not uri:
+            raise InferenceServiceError(f"{where}.uri: missing")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise InferenceServiceError(f"{where}.mountPath: not an absolute path")
+        out.append((uri, path))
+    return out
+
+
+def _add_multi_initializer(
+    pod_spec: dict[str, Any], uris: list[tuple[str, str]], *, read_only: bool
+) -> None:
+    """What KServe's controller makes of `storageUris`: one `storage-initializer` with
+    uri/path argument pairs and one emptyDir at the common parent of the paths (the pod
+    carries no source-URI annotation, so KServe's pod mutator adds nothing)."""
+    parent = posixpath.commonpath([path for _, path in uris])
+    pod_spec.setdefault("initContainers", []).append(
+        {
+            "name": names.STORAGE_INITIALIZER,
+            "image": KSERVE_IMAGE,
+            "args": [part for pair in uris for part in pair],
+            "resources": {
+                "limits": {"cpu": "1", "memory": "1Gi"},
+                "requests": {"cpu": "100m", "memory": "100Mi"},
+            },
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [{"name": names.PROVISION_VOLUME, "mountPath": parent}],
+        }
+    )
+    pod_spec.setdefault("volumes", []).append({"name": names.PROVISION_VOLUME, "emptyDir": {}})
+    for container in pod_spec["containers"][:1]:
+        container.setdefault("volumeMounts", []).append(
+            {"name": names.PROVISION_VOLUME, "mountPath": parent, "readOnly": read_only}
+        )
 
 
 def _find(items: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
@@ -393,6 +449,67 @@ def inject_storage_initializer(
     if model_server is not None:
         _mount(
             model_server,
-            {"name": names.PROVISION_VOLUME, "mountPath": names.MODEL_MOUNT_PATH, "readOnly": True},
+            {
+                "name": names.PROVISION_VOLUME,
+                "mountPath": names.MODEL_MOUNT_PATH,
+                "readOnly": _read_only(out),
+            },
         )
     return out
+
+
+def _read_only(pod: Mapping[str, Any]) -> bool:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(names.KSERVE_READONLY, "")) != "false"
+
+
+ISTIO_STATUS: Final = "sidecar.istio.io/status"
+ISTIO_INTERCEPTION: Final = "sidecar.istio.io/interceptionMode"
+ISTIO_INIT: Final = "istio-init"
+ISTIO_UID: Final = 1337
+
+
+def set_istio_cni_uid(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """KServe's `SetIstioCniSecurityContext`: under Istio CNI the `storage-initializer` (ours
+    too, once it took KServe's place) runs as the proxy's uid so that its downloads bypass the
+    proxy, which is not running yet. From `serving.kserve.io/storage-initializer-uid`, else
+    (no istio-init, REDIRECT interception) the sidecar's runAsUser or 1337."""
+    out: dict[str, Any] = copy.deepcopy(dict(pod))
+    spec = out.get("spec") or {}
+    init = [c for c in spec.get("initContainers") or () if isinstance(c, dict)]
+    target = _find(init, names.STORAGE_INITIALIZER)
+    if target is None:
+        return out
+    annotations = (out.get("metadata") or {}).get("annotations") or {}
+    uid: int | None = None
+    raw = annotations.get(names.KSERVE_INITIALIZER_UID)
+    if raw is not None:
+        try:
+            uid = int(raw)
+        except ValueError:
+            return out
+    else:
+        if _find(init, ISTIO_INIT) is not None or annotations.get(ISTIO_INTERCEPTION) != "REDIRECT":
+            return out
+        try:
+            status = json.loads(annotations.get(ISTIO_STATUS, ""))
+        except ValueError:
+            return out
+        sidecars = status.get("containers") if isinstance(status, dict) else None
+        if not isinstance(sidecars, list) or not sidecars:
+            return out
+        containers = [c for c in spec.get("containers") or () if isinstance(c, dict)]
+        sidecar = _find(containers, str(sidecars[0]))
+        if sidecar is None:
+            return out
+        uid = (sidecar.get("securityContext") or {}).get("runAsUser") or ISTIO_UID
+    security = dict(target.get("securityContext") or {})
+    security["runAsUser"] = uid
+    target["securityContext"] = security
+    return out
+
+
+def pod_mutator(pod: Mapping[str, Any], *, image: str = KSERVE_IMAGE) -> dict[str, Any]:
+    """KServe's pod mutator as a whole, as far as the storage initializer goes: the injection
+    (once) and the Istio CNI uid (on every call, on whichever `storage-initializer` is there)."""
+    return set_istio_cni_uid(inject_storage_initializer(pod, image=image))

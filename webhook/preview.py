@@ -431,7 +431,7 @@ def _kserve(pod: dict[str, Any], enabled: bool) -> tuple[dict[str, Any], str]:
     if not enabled:
         return pod, "before KServe's pod mutator (--no-kserve)"
     return (
-        kserve.inject_storage_initializer(pod),
+        kserve.pod_mutator(pod),
         "after KServe's pod mutator (emulated)",
     )
 

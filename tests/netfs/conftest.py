@@ -18,6 +18,7 @@ import pytest
 
 from tests.cache.conftest import BUCKET, REGION, S3, s3
 
+from . import faultfs as ff
 from . import gluster as g
 
 __all__ = ["s3"]
@@ -106,3 +107,27 @@ def gluster(gluster_volume: g.Volume, gluster_options: dict[str, str]) -> Iterat
     yield Nodes(roots, gluster_volume.brick / name, gluster_volume)
     shutil.rmtree(roots[0], ignore_errors=True)
     shutil.rmtree(gluster_volume.brick / name, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def faultfs_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ff.FaultFS]:
+    reason = ff.unavailable_reason()
+    if reason is not None:
+        unavailable(reason)
+    with ff.faultfs(tmp_path_factory.mktemp("faultfs")) as fs:
+        yield fs
+
+
+@pytest.fixture
+def faultfs(faultfs_session: ff.FaultFS) -> Iterator[ff.FaultFS]:
+    """The fault-injecting FUSE filesystem, faults off, with an empty cache root `fs.root`
+    (through the mount; `fs.backing_root` is the same folder on the backing store)."""
+    fs = faultfs_session
+    fs.set()
+    name = f"t-{secrets.token_hex(4)}"
+    (fs.mount / name).mkdir()
+    fs.root = fs.mount / name
+    fs.backing_root = fs.backing / name
+    yield fs
+    fs.set()
+    shutil.rmtree(fs.backing / name, ignore_errors=True)

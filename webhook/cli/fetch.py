@@ -42,6 +42,9 @@ def add_parser(subparsers: Any) -> None:
         help="the source endpoint (scheme://host[:port]) the webhook mixed into --key",
     )
     add_lease_arguments(p)
+    from webhook.cache.probe import add_probe_arguments
+
+    add_probe_arguments(p)
     p.add_argument(
         "--termination-log",
         default=DEFAULT_TERMINATION_LOG,
@@ -51,18 +54,33 @@ def add_parser(subparsers: Any) -> None:
 
 
 def add_lease_arguments(p: argparse.ArgumentParser) -> None:
-    """`--lease-ttl` and `--wait-timeout`, shared by `fetch` and `warm`."""
+    """`--lease-ttl`, `--wait-timeout`, `--stall-timeout`, `--progress-interval`, shared by
+    `fetch` and `warm`."""
     p.add_argument(
         "--lease-ttl",
         type=float,
         default=120.0,
-        help="seconds without heartbeat after which a lease is broken (default 120)",
+        help="the holder rewrites its lease every TTL/4 seconds; a waiter takes a lease over "
+        "after seeing no change for 1.25 x TTL on its own clock (default 120)",
     )
     p.add_argument(
         "--wait-timeout",
         type=float,
         default=3600.0,
         help="seconds to wait for another download of the same key (default 3600)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=120.0,
+        help="abort a download whose staging bytes have not grown for this many seconds "
+        "(exit 10, stalled; default 120)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        help="seconds between progress lines of a download or a wait (default 10)",
     )
 
 
@@ -72,11 +90,11 @@ COPY_ATTEMPTS = 3
 def run(args: argparse.Namespace) -> int:
     from webhook.cache.copy import EntryVanished, copy_manifest_files
     from webhook.cache.download import default_downloader
-    from webhook.cache.fetch import ErrorKind, FetchError, fetch_entry
+    from webhook.cache.fetch import ErrorKind, FetchError, Settings, check_key, fetch_entry
     from webhook.cache.layout import Layout, read_manifest
 
     # A deleted pod gets SIGTERM: unwind so the staging folder is removed and the lease freed.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     start = time.monotonic()
     root: Path = args.cache_root
     try:
@@ -85,6 +103,15 @@ def run(args: argparse.Namespace) -> int:
                 ErrorKind.CACHE_NOT_WRITABLE,
                 f"cache root {root} is not a directory: is the cache PVC mounted there?",
             )
+        # Bad input changes nothing: checked before anything (the probe) writes to the volume.
+        check_key(uri=args.uri, key=args.key, revision=args.revision, endpoint=args.endpoint)
+        Settings(
+            args.lease_ttl, args.wait_timeout, args.stall_timeout, args.progress_interval
+        ).check()
+        if not getattr(args, "read_only", False):  # a read-only consumer writes nothing
+            from webhook.cache.probe import probe_from_args
+
+            probe_from_args(root, args)
         layout = Layout(root)
         for attempt in range(1, COPY_ATTEMPTS + 1):
             result = fetch_entry(
@@ -96,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
                 lease_ttl=args.lease_ttl,
                 wait_timeout=args.wait_timeout,
                 on_phase=_pause_hook(os.environ.get(PAUSE_ENV, "")),
+                endpoint=args.endpoint,
+                stall_timeout=args.stall_timeout,
+                progress_interval=args.progress_interval,
             )
             line: dict[str, Any] = {
                 "outcome": result.outcome,
@@ -134,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
             break
     except FetchError as exc:
         return _fail(args, exc.kind.value, exc.kind.exit_code, exc.message, start)
+    except Terminated as exc:
+        return _fail(args, "terminated", exc.code, TERMINATED_MESSAGE, start)
     except Exception as exc:  # the init container must always leave a readable reason
         logger.exception("fetch failed unexpectedly")
         kind = ErrorKind.DOWNLOAD_FAILED
@@ -204,5 +236,20 @@ def _pause_hook(spec: str) -> Any:
     return pause
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    sys.exit(128 + signum)
+TERMINATED_MESSAGE = (
+    "terminated by SIGTERM (the pod is being deleted or the Job stopped): this process "
+    "published nothing, removed its staging folder and released its lease"
+)
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwinds through every cleanup (staging, lease), then a result line is printed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.code = 128 + signum
+
+
+def on_sigterm(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup
+    raise Terminated(signum)

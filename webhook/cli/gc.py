@@ -104,6 +104,9 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
     p.add_argument("--json", action="store_true", help="print the plan and outcome as JSON")
+    from webhook.cache.probe import add_probe_arguments
+
+    add_probe_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -138,6 +141,12 @@ def list_pods(kubeconfig: str | None) -> list[dict[str, Any]]:
                 return pods
 
 
+NO_BUDGET_NOTE = (
+    "kserve-cache gc: no budget given (--max-bytes, --max-usage or --max-age): no entry is "
+    "evicted; only stale staging folders, dead leases and old trash are cleaned up\n"
+)
+
+
 def run(args: argparse.Namespace) -> int:
     from webhook import names
     from webhook.cache.gc import Budget, execute, keys_in_use, plan_gc, plan_to_dict, scan
@@ -154,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     except GcError as exc:
         sys.stderr.write(f"kserve-cache gc: error: {exc}\n")
         return 2
+    if not budget.any:
+        sys.stderr.write(NO_BUDGET_NOTE)
     in_use: frozenset[str] | None
     if args.no_cluster:
         sys.stderr.write(
@@ -174,6 +185,15 @@ def run(args: argparse.Namespace) -> int:
         in_use = keys_in_use(pods, annotation=names.STATUS)
         logger.info("%d pods listed, %d cache keys in use", len(pods), len(in_use))
 
+    if not args.dry_run:  # gc renames and deletes: only on a volume that passed the probe
+        from webhook.cache.fetch import FetchError
+        from webhook.cache.probe import probe_from_args
+
+        try:
+            probe_from_args(args.cache_root, args)
+        except FetchError as exc:
+            sys.stderr.write(f"kserve-cache gc: error: {exc.message}\n")
+            return exc.kind.exit_code
     layout = Layout(args.cache_root)
     now = time.time()
     snapshot = scan(layout, now=now, lease_ttl=budget.lease_ttl)

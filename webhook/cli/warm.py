@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -15,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from webhook import names
-from webhook.cli.fetch import add_lease_arguments
-from webhook.keys import cache_key, is_valid_revision
+from webhook.cli.fetch import TERMINATED_MESSAGE, Terminated, add_lease_arguments, on_sigterm
+from webhook.keys import cache_key, is_valid_revision, source_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,16 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--revision", help="revision, part of the key (default: none, or the isvc's)")
     p.add_argument("--cache-root", required=True, type=Path, help="mount path of the cache PVC")
+    p.add_argument(
+        "--endpoint",
+        default=None,
+        help="the source endpoint mixed into the key (default: from this process's "
+        "environment, as the webhook computes it from plain env vars)",
+    )
     add_lease_arguments(p)
+    from webhook.cache.probe import add_probe_arguments
+
+    add_probe_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -124,9 +135,15 @@ def run(args: argparse.Namespace) -> int:
             uri=uri,
             revision=revision,
         )
-    key = cache_key(uri, revision)
+    endpoint = source_endpoint(uri, os.environ) if args.endpoint is None else args.endpoint
+    key = cache_key(uri, revision, endpoint)
     start = time.monotonic()
+    # A stopped Job gets SIGTERM: unwind so the staging folder is removed and the lease freed.
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        from webhook.cache.probe import probe_from_args
+
+        probe_from_args(root, args)
         result = fetch_entry(
             Layout(root),
             uri=uri,
@@ -135,9 +152,14 @@ def run(args: argparse.Namespace) -> int:
             downloader=default_downloader(),
             lease_ttl=args.lease_ttl,
             wait_timeout=args.wait_timeout,
+            endpoint=endpoint,
+            stall_timeout=args.stall_timeout,
+            progress_interval=args.progress_interval,
         )
     except FetchError as exc:
         return _fail(exc.kind.value, exc.kind.exit_code, exc.message, uri=uri, revision=revision)
+    except Terminated as exc:
+        return _fail("terminated", exc.code, TERMINATED_MESSAGE, uri=uri, revision=revision)
     _emit(
         {
             "outcome": result.outcome,

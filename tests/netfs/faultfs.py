@@ -20,7 +20,7 @@ Run as its own process: `python tests/netfs/faultfs.py BACKING MOUNTPOINT CONTRO
 
 # A pass-through filesystem mirrors the os calls it serves, with the signatures libfuse gives.
 # ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH105, PTH106, PTH108, PTH112, PTH115, PTH116
-# ruff: noqa: PTH118, PTH119, PTH120, PTH123, PTH208, PTH211, ARG002
+# ruff: noqa: PTH118, PTH119, PTH120, PTH123, PTH211, ARG002
 
 from __future__ import annotations
 

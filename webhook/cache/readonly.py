@@ -131,6 +131,7 @@ def serve_read_only(
                 served = _serve(layout, manifest, copy_to=copy_to)
                 if served is not None:
                     outcome = "waited" if waited else "hit"
+                    served = dataclasses.replace(served, waited_seconds=clock() - start)
                     return _done(
                         served, outcome=outcome, start=start, clock=clock, usage_dir=usage_dir
                     )

@@ -68,7 +68,7 @@ def test_apply_creates_bound_pairs_and_is_idempotent(
     out = capsys.readouterr().out
     name = shared_volume_name(WRITER_PV, ShareTarget("team-a", CLAIM))
     assert f"persistentvolume/{name} created" in out
-    assert f"persistentvolumeclaim team-a/{CLAIM} created" in out
+    assert f"team-a: persistentvolumeclaim/{CLAIM} created" in out
     pv, pvc, source = kube.volume(name), kube.claim("team-a", CLAIM), kube.volume(WRITER_PV)
     assert pv is not None
     assert pvc is not None
@@ -93,6 +93,8 @@ def test_apply_refuses_a_trap_claim_already_there(
     assert code == 1
     assert "bound to volume pvc-fresh-empty-one" in err
     assert "new, empty volume" in err
+    assert "nothing was created" in err
+    assert all(r.method == "GET" for r in kube.requests)  # no volume was created either
     claim = kube.claim("team-a", CLAIM)
     assert claim is not None
     assert claim["spec"]["volumeName"] == "pvc-fresh-empty-one"

@@ -110,29 +110,38 @@ def render(plan: SharePlan) -> str:
 
 
 def _apply(api: _Api, plan: SharePlan) -> None:
-    """Create each object; one that exists already is fine only when it is the same binding."""
+    """Create what is missing. An object there already is fine when it is this very binding
+    (a re-run); any other one stops everything before a single object is created."""
+    missing: list[tuple[str, str, dict[str, Any]]] = []
     for obj in plan.objects:
         meta = obj["metadata"]
         if obj["kind"] == "PersistentVolume":
             collection, what = "/api/v1/persistentvolumes", f"persistentvolume/{meta['name']}"
         else:
             collection = f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims"
-            what = f"persistentvolumeclaim {meta['namespace']}/{meta['name']}"
+            what = f"{meta['namespace']}: persistentvolumeclaim/{meta['name']}"
+        found = api.get(f"{collection}/{meta['name']}")
+        if found is None:
+            missing.append((collection, what, obj))
+        elif not is_same_binding(found, obj):
+            bound = (found.get("spec") or {}).get("volumeName")
+            raise _Failed(
+                EXIT_FAILED,
+                f"{what} exists and is not this binding"
+                + (f" (bound to volume {bound})" if bound else "")
+                + "; nothing was created. A claim made from a StorageClass is a new, empty "
+                "volume: delete it (and its data) or choose another claim name with --claim",
+            )
+        else:
+            sys.stdout.write(f"{what} unchanged\n")
+    for collection, what, obj in missing:
         if api.create(collection, obj):
             sys.stdout.write(f"{what} created\n")
-            continue
-        found = api.get(f"{collection}/{meta['name']}")
-        if found is not None and is_same_binding(found, obj):
+        else:  # created by someone else since we looked: check it as above
+            found = api.get(f"{collection}/{obj['metadata']['name']}")
+            if found is None or not is_same_binding(found, obj):
+                raise _Failed(EXIT_FAILED, f"{what} was just created by someone else, differently")
             sys.stdout.write(f"{what} unchanged\n")
-            continue
-        bound = ((found or {}).get("spec") or {}).get("volumeName")
-        raise _Failed(
-            EXIT_FAILED,
-            f"{what} exists and is not this binding"
-            + (f" (bound to volume {bound})" if bound else "")
-            + ": a claim created from a StorageClass is a new, empty volume; delete it (and "
-            "its data) or choose another name with --claim",
-        )
 
 
 def is_same_binding(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:

@@ -4,6 +4,7 @@ invariants."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,197 @@ def test_existing_cache_claim_is_used_and_non_rwx_is_reported(
     assert result.decision.kind == "mutated"
     warnings = result.response["response"].get("warnings", [])
     assert any("not ReadWriteMany" in w for w in warnings) is warned
+
+
+# values on the command line ------------------------------------------------------------------
+
+
+def kubelet_expand(text: str, env: dict[str, str]) -> str:
+    """What the kubelet makes of a command/args/env value: `$$` is `$`, `$(NAME)` a defined
+    variable's value (an undefined one stays as written)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "$" and i + 1 < len(text):
+            if text[i + 1] == "$":
+                out.append("$")
+                i += 2
+                continue
+            if text[i + 1] == "(":
+                end = text.find(")", i + 2)
+                if end != -1:
+                    name = text[i + 2 : end]
+                    out.append(env.get(name, text[i : end + 1]))
+                    i = end + 1
+                    continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
+def fetch_namespace(args: list[str], env: dict[str, str]) -> Any:
+    """The injected args as the real `kserve-cache fetch` parser reads them, after the
+    kubelet's expansion."""
+    from webhook.cli import build_parser
+
+    expanded = [kubelet_expand(a, env) for a in args]
+    assert expanded[0] == "fetch"
+    return build_parser().parse_args(expanded)
+
+
+@pytest.mark.parametrize(
+    ("uri", "revision"),
+    [
+        pytest.param("s3://bucket/$(HOME)/model", "v1", id="uri-var"),
+        pytest.param("s3://bucket/a$$b/model", "v1", id="uri-double-dollar"),
+        pytest.param("s3://bucket/model", "-rc1", id="revision-dash"),
+        pytest.param("s3://bucket/model", "--help", id="revision-option"),
+        pytest.param("s3://bucket/$(AWS_SECRET_ACCESS_KEY)", "-x", id="secret-ref"),
+        pytest.param("hf://org/model$", "-", id="trailing-dollar"),
+    ],
+)
+def test_hostile_values_reach_fetch_verbatim(uri: str, revision: str) -> None:
+    pod = copy.deepcopy(BASE)
+    pod["metadata"]["annotations"][names.KSERVE_SOURCE_URI] = uri
+    pod["spec"]["initContainers"][0]["args"][0] = uri
+    pod["metadata"]["annotations"][names.REVISION] = revision
+    decision = decide(pod, namespace="default", config=ClusterConfig(), namespace_annotations=None)
+    assert decision.kind == "mutated", decision.detail
+    init = decision.after["spec"]["initContainers"][0]
+    env = {"HOME": "/root", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    parsed = fetch_namespace(init["args"], env)
+    assert parsed.uri == uri
+    assert parsed.revision == revision
+    assert parsed.key == cache_key(uri, revision)
+    assert str(parsed.cache_root) == "/cache"
+    assert init["command"] == ["kserve-cache"]
+
+
+def test_template_placeholder_values_are_inert_in_env() -> None:
+    config = parse_config("initContainer:\n  env:\n  - {name: WHERE, value: 'x-${NAMESPACE}'}\n")
+    pod = copy.deepcopy(BASE)
+    pod["metadata"]["labels"][names.ISVC_LABEL] = "$(HOME)"
+    after = ours(pod, config)
+    init = after["spec"]["initContainers"][0]
+    assert "--uri=gs://foo" in init["args"]
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    assert kubelet_expand(env["WHERE"], {"HOME": "/root"}) == "x-default"
+
+
+# the endpoint in the key -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "env", "endpoint"),
+    [
+        pytest.param("s3://b/m", {}, "", id="s3-none"),
+        pytest.param("s3://b/m", {"S3_ENDPOINT": "minio:9000"}, "https://minio:9000", id="s3"),
+        pytest.param(
+            "s3://b/m",
+            {"S3_ENDPOINT": "MinIO:9000", "S3_USE_HTTPS": "0"},
+            "http://minio:9000",
+            id="s3-http",
+        ),
+        pytest.param(
+            "s3://b/m",
+            {"AWS_ENDPOINT_URL": "https://s3.eu.example/", "S3_ENDPOINT": "minio:9000"},
+            "https://s3.eu.example",
+            id="aws-url-first",
+        ),
+        pytest.param("s3://b/m", {"S3_ENDPOINT": "  "}, "", id="blank"),
+        pytest.param(
+            "hf://org/m",
+            {"HF_ENDPOINT": "https://HF-Mirror.example/x/"},
+            "https://hf-mirror.example",
+            id="hf",
+        ),
+        pytest.param("gs://b/m", {"S3_ENDPOINT": "minio:9000"}, "", id="gs-ignores-s3"),
+    ],
+)
+def test_source_endpoint(uri: str, env: dict[str, str], endpoint: str) -> None:
+    from webhook.keys import source_endpoint
+
+    assert source_endpoint(uri, env) == endpoint
+
+
+def test_normalize_endpoint() -> None:
+    from webhook.keys import normalize_endpoint
+
+    assert normalize_endpoint("") == ""
+    assert normalize_endpoint("Minio.Svc:9000") == "https://minio.svc:9000"
+    assert normalize_endpoint("minio:9000", default_scheme="http") == "http://minio:9000"
+    assert normalize_endpoint("HTTP://X.example/path/") == "http://x.example"
+    assert normalize_endpoint("http://") == ""
+
+
+def test_endpoint_changes_the_key_only_when_set() -> None:
+    assert cache_key("s3://b/m", "v1", "") == cache_key("s3://b/m", "v1")
+    staging = cache_key("s3://b/m", "", "http://minio:9000")
+    production = cache_key("s3://b/m", "", "https://s3.amazonaws.com")
+    assert len({staging, production, cache_key("s3://b/m")}) == 3
+    assert all(is_valid_key(k) for k in (staging, production))
+
+
+def test_two_endpoints_two_entries_and_fetch_is_told() -> None:
+    keys = set()
+    for endpoint in ("minio.staging:9000", "s3.eu-west-1.amazonaws.com"):
+        pod = copy.deepcopy(BASE)
+        pod["metadata"]["annotations"][names.KSERVE_SOURCE_URI] = "s3://models/bert"
+        init = pod["spec"]["initContainers"][0]
+        init["args"][0] = "s3://models/bert"
+        init["env"].append({"name": "S3_ENDPOINT", "value": endpoint})
+        after = ours(pod)
+        args = after["spec"]["initContainers"][0]["args"]
+        parsed = fetch_namespace(args, {})
+        assert parsed.endpoint == f"https://{endpoint}"
+        assert parsed.key == cache_key("s3://models/bert", "", parsed.endpoint)
+        keys.add(parsed.key)
+        # a second pass computes the same endpoint from our own container
+        assert ours(after) == after
+    assert len(keys) == 2
+
+
+def test_endpoint_from_a_secret_does_not_change_the_key() -> None:
+    pod = copy.deepcopy(BASE)
+    pod["metadata"]["annotations"][names.KSERVE_SOURCE_URI] = "s3://models/bert"
+    init = pod["spec"]["initContainers"][0]
+    init["args"][0] = "s3://models/bert"
+    init["env"].append(
+        {"name": "S3_ENDPOINT", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "endpoint"}}}
+    )
+    args = ours(pod)["spec"]["initContainers"][0]["args"]
+    assert not any(a.startswith("--endpoint") for a in args)
+    assert f"--key={cache_key('s3://models/bert')}" in args
+
+
+# the patch builder -----------------------------------------------------------------------------
+
+
+ITEMS = [{"name": n, "emptyDir": {}} for n in "abcde"]
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        pytest.param(
+            mask, id="".join(item["name"] for item, keep in zip(ITEMS, mask, strict=True) if keep)
+        )
+        for mask in itertools.product([True, False], repeat=len(ITEMS))
+    ],
+)
+def test_patch_removes_several_items_of_one_list(kept: tuple[bool, ...]) -> None:
+    """Every subset of a list of five volumes (up to five removals from one list, at the head,
+    middle and tail): each removal shifts the items after it, so a builder that removes at
+    increasing indexes produces a patch that fails or removes the wrong items."""
+    import jsonpatch
+
+    from webhook.patch import apply_ops, make_patch
+
+    after_items = [copy.deepcopy(i) for i, keep in zip(ITEMS, kept, strict=True) if keep]
+    before = {"spec": {"volumes": copy.deepcopy(ITEMS), "other": [1]}}
+    after = {"spec": {"volumes": after_items, "other": [1]}}
+    ops = make_patch(before, after)
+    assert jsonpatch.apply_patch(before, ops) == after
+    assert apply_ops(before, ops) == after
+    if after_items:  # item by item, not the whole list
+        assert not any(op["path"] == "/spec/volumes" for op in ops)

@@ -387,3 +387,70 @@ def test_the_webhook_asks_before_skipping_for_a_missing_claim(
             assert answer["auditAnnotations"] == {"skip-reason": "pvc-missing"}
     finally:
         stop_server(server)
+
+
+def _post(app: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """One POST /mutate through the ASGI app, as uvicorn would deliver it."""
+    raw = json.dumps(body).encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mutate",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    answer: dict[str, Any] = json.loads(sent[1]["body"])["response"]
+    return answer
+
+
+def test_a_claim_check_that_cannot_tell_injects(
+    kube: FakeKube, make_watcher: Callable[..., WatchedNamespaces]
+) -> None:
+    """The list says the claim is missing and the confirming GET cannot tell (refused, cut
+    off or late): the webhook must inject, as whenever the claims are unknown; a stale
+    'missing' must never drop the cache."""
+    from webhook.app import create_app
+
+    kube.add_namespace("ml")
+    watcher = started(make_watcher, watch_timeout=30)
+    app = create_app(namespaces=watcher)
+    assert lookup(watcher, "ml").claims == {}  # known, and the claim is not there
+    kube.forbid(CLAIMS)  # the open watch stays; the GET of the claim is refused
+    answer = _post(app, make_review(POD, namespace="ml"))
+    assert "patch" in answer, answer
+    assert "skip-reason" not in answer.get("auditAnnotations", {})
+    assert lookup(watcher, "ml").claims == {}  # the list was not what decided
+    kube.forbid(CLAIMS, forbidden=False)
+    answer = _post(app, make_review(POD, namespace="ml"))  # the GET says: not found
+    assert answer["auditAnnotations"] == {"skip-reason": "pvc-missing"}
+
+
+def test_the_object_namespace_never_chooses_the_policy() -> None:
+    """A caller that writes another namespace into the pod's metadata (the request has
+    none) gets no answer from that namespace's policy or claims."""
+    from webhook.app import create_app
+    from webhook.namespaces import StaticNamespaces
+
+    secret_policy = {names.POLICY: "forced", names.PVC: "victim-cache"}
+    app = create_app(namespaces=StaticNamespaces({"victim": secret_policy}))
+    pod = json.loads(json.dumps(POD))
+    pod["metadata"]["namespace"] = "victim"
+    for annotation in (names.ENABLED,):
+        pod["metadata"]["annotations"].pop(annotation, None)
+    body = make_review(pod, namespace="victim")
+    body["request"]["namespace"] = ""
+    answer = _post(app, body)
+    assert "victim-cache" not in json.dumps(answer)
+    assert answer["auditAnnotations"] == {"skip-reason": "not-opted-in"}
+    # asked properly, the victim namespace's own pods do get its policy
+    answer = _post(app, make_review(pod, namespace="victim"))
+    assert "patch" in answer

@@ -193,11 +193,17 @@ async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
         admission = parse_review(body)
     except BadReview as exc:
         return _http_error(state, 400, "envelope", f"not an AdmissionReview: {exc}")
-    view = await state.namespaces.lookup(admission.namespace)
+    # A pod request always names its namespace; one that does not gets no namespace's view.
+    view = await state.namespaces.lookup(admission.namespace) if admission.namespace else None
     result = review(admission, config=state.store.config, namespace=view)
     decision = result.decision
     confirm = getattr(state.namespaces, "confirm_claim", None)
-    if decision.reason is SkipReason.PVC_MISSING and decision.policy and confirm is not None:
+    if (
+        decision.reason is SkipReason.PVC_MISSING
+        and decision.policy
+        and confirm is not None
+        and admission.namespace
+    ):
         # The list says the claim is missing; a claim created a moment ago may not have
         # arrived yet: ask once (bounded) before admitting the pod without the cache.
         exists = await confirm(admission.namespace, decision.policy.pvc)

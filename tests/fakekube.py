@@ -449,6 +449,7 @@ class FakeKube:
         phase: str = "Bound",
         quiet: bool = False,
         volume_name: str | None = None,
+        annotations: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """A PersistentVolumeClaim; its Namespace need not exist here (think of `default`).
         `volume_name`: the PersistentVolume it is bound to (`spec.volumeName`)."""
@@ -476,6 +477,8 @@ class FakeKube:
             }
             if volume_name is not None:
                 obj["spec"]["volumeName"] = volume_name
+            if annotations:
+                obj["metadata"]["annotations"] = dict(annotations)
             self._claims[namespace, name] = obj
             self._emit(Event(rv, "ADDED", copy.deepcopy(obj), CLAIMS), quiet=quiet)
             return copy.deepcopy(obj)

@@ -602,13 +602,17 @@ def check_claim(claim: Mapping[str, Any] | None, *, namespace: str, name: str) -
         or (claim.get("spec") or {}).get("accessModes")
         or []
     )
-    if "ReadWriteMany" in modes:
+    # A read-only share (`kserve-cache share --read-only`) is ReadOnlyMany by design.
+    shared = ((claim.get("metadata") or {}).get("annotations") or {}).get(
+        "cache.kserve.io/share-mode"
+    ) == "read-only" and "ReadOnlyMany" in modes
+    if "ReadWriteMany" in modes or shared:
         out.append(
             _result(
                 GROUP_NAMESPACES,
                 f"access {ref}",
                 Status.OK,
-                f"{ref} is ReadWriteMany",
+                f"{ref} is " + ("ReadOnlyMany (a read-only share)" if shared else "ReadWriteMany"),
                 "",
                 "claim-rwx",
             )

@@ -330,3 +330,74 @@ def _claim(
             "resources": {"requests": {"storage": capacity}},
         },
     }
+
+
+# --- doctor: is a namespace's cache claim the shared volume? ---------------------------------
+
+
+def shared_source(claim: Mapping[str, Any]) -> str | None:
+    """The writer's claim (`NAMESPACE/NAME`) a claim was bound to by `share`, if it was."""
+    value = ((claim.get("metadata") or {}).get("annotations") or {}).get(SHARED_FROM)
+    return str(value) if value else None
+
+
+def is_read_only_share(claim: Mapping[str, Any]) -> bool:
+    """A claim `share --read-only` made: ReadOnlyMany is then what it must be."""
+    annotations = (claim.get("metadata") or {}).get("annotations") or {}
+    return bool(annotations.get(SHARE_MODE) == "read-only")
+
+
+@dataclass(frozen=True)
+class SharedVolumeVerdict:
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def check_shared_volume(
+    *,
+    claim_ref: str,
+    volume: Mapping[str, Any] | None,
+    source_ref: str,
+    source_volume: Mapping[str, Any] | None,
+) -> SharedVolumeVerdict:
+    """Whether the claim `claim_ref` is bound to the same storage as the writer's `source_ref`."""
+    if source_volume is None:
+        return SharedVolumeVerdict(
+            False,
+            f"{claim_ref} says it shares {source_ref}, whose volume cannot be found",
+            f"check the writer's claim: kubectl -n {source_ref.split('/')[0]} get pvc",
+        )
+    if volume is None:
+        return SharedVolumeVerdict(
+            False, f"{claim_ref} is not bound to a volume yet", f"kserve-cache share {source_ref}"
+        )
+    if same_volume(source_volume, volume):
+        return SharedVolumeVerdict(
+            True, f"{claim_ref} shares {source_ref}: {explain_same_volume(source_volume, volume)}"
+        )
+    target_ns = claim_ref.split("/")[0]
+    return SharedVolumeVerdict(
+        False,
+        f"{claim_ref}: {explain_same_volume(source_volume, volume)}",
+        f"kserve-cache share {source_ref} --to {target_ns} (after removing the claim there)",
+    )
+
+
+def separate_caches(volumes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Claims (`NAMESPACE/NAME` -> their PersistentVolume) of one StorageClass on different
+    volumes: each namespace downloads its own copy (the trap `share` avoids)."""
+    by_class: dict[str, list[str]] = {}
+    for ref, pv in sorted(volumes.items()):
+        klass = (pv.get("spec") or {}).get("storageClassName")
+        if klass:
+            by_class.setdefault(str(klass), []).append(ref)
+    found = []
+    for klass, refs in sorted(by_class.items()):
+        identities = {volume_identity(volumes[ref]) for ref in refs}
+        if len(refs) > 1 and len(identities) == len(refs):
+            found.append(
+                f"{', '.join(refs)} are {len(refs)} separate volumes of StorageClass {klass}: "
+                "each namespace downloads every model again"
+            )
+    return found

@@ -101,6 +101,13 @@ def add_parser(subparsers: Any) -> None:
         "that opts in)",
     )
     c.add_argument(
+        "--shared-claim",
+        default=None,
+        metavar="NS/CLAIM",
+        help="the writer's claim of a shared cache: every checked claim must be on its volume "
+        "(default: the claims `kserve-cache share` made are checked against their writer)",
+    )
+    c.add_argument(
         "--cert-warn-days",
         type=_count,
         default=doctor.CERT_WARN_DAYS,
@@ -319,7 +326,10 @@ def _namespace_checks(
                 "annotate a Namespace or create its claim, or name it with --check-namespace",
             )
         ]
+    from webhook.cli.share import doctor_results, doctor_separate_caches
+
     out: list[Result] = []
+    volumes: dict[str, dict[str, Any]] = {}
     for ns, pvc in targets:
         try:
             claim = api.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{pvc}")
@@ -350,7 +360,15 @@ def _namespace_checks(
                 volume_readable=readable,
             )
         )
-    return out
+        if readable:  # issue 16: a shared claim is bound to the writer's volume, not a fresh one
+            if volume is not None:
+                volumes[f"{ns}/{pvc}"] = volume
+            out.extend(
+                doctor_results(
+                    api.get, claim, volume, ref=f"{ns}/{pvc}", shared_claim=args.shared_claim
+                )
+            )
+    return out + doctor_separate_caches(volumes)
 
 
 # ---- a cache volume ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from webhook.share import ShareError, SharePlan, ShareTarget, plan_share, same_volume
@@ -223,3 +223,68 @@ class _Api:
         if status not in (200, 201):
             raise _Failed(EXIT_FAILED, f"POST {collection}: {status} {data}")
         return True
+
+
+# --- doctor: the shared-volume checks (called from webhook/cli/doctor.py) --------------------
+
+DOCTOR_DOCS: Final = "docs/trust-model.md#two-traps"
+
+
+def doctor_results(
+    get: Callable[[str], dict[str, Any] | None],
+    claim: Mapping[str, Any],
+    volume: Mapping[str, Any] | None,
+    *,
+    ref: str,
+    shared_claim: str | None,
+) -> list[Any]:
+    """`shared <ref>`: the claim is bound to the writer's volume (the one `--shared-claim`
+    names, else the one its `cache.kserve.io/shared-from` annotation names); none when the
+    claim is not meant to be shared. `get` reads a raw object by API path (None: absent)."""
+    from webhook.doctor import GROUP_NAMESPACES, Result, Status
+    from webhook.share import check_shared_volume, shared_source
+
+    source = shared_claim or shared_source(claim)
+    if not source or source == ref:
+        return []
+    source_ns, _, source_name = source.partition("/")
+    try:
+        writer = get(f"/api/v1/namespaces/{source_ns}/persistentvolumeclaims/{source_name}")
+        source_pv_name = ((writer or {}).get("spec") or {}).get("volumeName")
+        source_pv = get(f"/api/v1/persistentvolumes/{source_pv_name}") if source_pv_name else None
+    except Exception as exc:  # forbidden, unreachable: say so, do not guess
+        return [
+            Result(
+                GROUP_NAMESPACES,
+                f"shared {ref}",
+                Status.WARN,
+                f"cannot read the writer's claim {source} or its volume ({exc}): not checked",
+                "run doctor with credentials that may get claims and persistentvolumes",
+                DOCTOR_DOCS,
+            )
+        ]
+    verdict = check_shared_volume(
+        claim_ref=ref, volume=volume, source_ref=source, source_volume=source_pv
+    )
+    status = Status.OK if verdict.ok else Status.FAIL
+    return [
+        Result(GROUP_NAMESPACES, f"shared {ref}", status, verdict.detail, verdict.hint, DOCTOR_DOCS)
+    ]
+
+
+def doctor_separate_caches(volumes: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    """A warning per StorageClass whose namespaces each have their own cache volume."""
+    from webhook.doctor import GROUP_NAMESPACES, Result, Status
+    from webhook.share import separate_caches
+
+    return [
+        Result(
+            GROUP_NAMESPACES,
+            "one-cache-per-cluster",
+            Status.WARN,
+            line,
+            "bind them to one volume: kserve-cache share WRITER_NS/CLAIM --to NS --read-only",
+            DOCTOR_DOCS,
+        )
+        for line in separate_caches(volumes)
+    ]

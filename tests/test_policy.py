@@ -442,3 +442,213 @@ def test_resolution_is_total_and_respects_the_admins(
         assert policy.cache
     if policy.mode is PolicyMode.DISABLED:
         assert not policy.cache
+
+
+# the init-container template, validated as a corev1.Container ----------------------------------
+
+# (config text, the field the error must name, the fragment's path in the patched pod and the
+# fragment, for the schema cross-check: None when the schema cannot see the problem)
+BROKEN_TEMPLATES = [
+    pytest.param(
+        "initContainer: {securityContext: {runAsNonroot: true}}",
+        "initContainer.securityContext.runAsNonroot",
+        ("securityContext", {"runAsNonroot": True}),
+        id="security-typo",
+    ),
+    pytest.param(
+        "initContainer: {securityContext: {runAsUser: '1000'}}",
+        "initContainer.securityContext.runAsUser",
+        ("securityContext", {"runAsUser": "1000"}),
+        id="security-type",
+    ),
+    pytest.param(
+        "initContainer: {securityContext: {seccompProfile: {type: Default}}}",
+        "initContainer.securityContext.seccompProfile.type",
+        None,
+        id="seccomp-enum",
+    ),
+    pytest.param(
+        "initContainer: {securityContext: {procMount: Masked}}",
+        "initContainer.securityContext.procMount",
+        None,
+        id="procmount-enum",
+    ),
+    pytest.param(
+        "initContainer: {securityContext: {seccompProfile: {type: Localhost}}}",
+        "initContainer.securityContext.seccompProfile",
+        None,
+        id="localhost-without-profile",
+    ),
+    pytest.param(
+        "initContainer: {securityContext: {capabilities: {drop: all}}}",
+        "initContainer.securityContext.capabilities.drop",
+        ("securityContext", {"capabilities": {"drop": "all"}}),
+        id="caps-not-a-list",
+    ),
+    pytest.param(
+        "initContainer: {securityContext: {runAsNonRoot: true, runAsUser: 0}}",
+        "initContainer.securityContext",
+        None,
+        id="nonroot-uid-0",
+    ),
+    pytest.param(
+        "initContainer: {securityContext: {windowsOptions: {runAsUserName: x}}}",
+        "initContainer.securityContext.windowsOptions",
+        None,
+        id="windows-field",
+    ),
+    pytest.param(
+        "initContainer: {resources: {requests: {cpu: 1x}}}",
+        "initContainer.resources.requests.cpu",
+        None,
+        id="bad-quantity",
+    ),
+    pytest.param(
+        "initContainer: {resources: {request: {cpu: 1}}}",
+        "initContainer.resources.request",
+        ("resources", {"request": {"cpu": "1"}}),
+        id="resources-typo",
+    ),
+    pytest.param(
+        "initContainer: {resources: {requests: {memory: 2Gi}, limits: {memory: 1Gi}}}",
+        "initContainer.resources",
+        None,
+        id="request-above-limit",
+    ),
+    pytest.param(
+        "initContainer: {resources: {limits: {'bad name!': 1}}}",
+        "initContainer.resources.limits",
+        None,
+        id="resource-name",
+    ),
+    pytest.param(
+        "initContainer: {image: 'repo/image:1 --privileged'}",
+        "initContainer.image",
+        None,
+        id="image-whitespace",
+    ),
+    pytest.param(
+        "initContainer: {imagePullPolicy: Sometimes}",
+        "initContainer.imagePullPolicy",
+        None,
+        id="pull-policy",
+    ),
+    pytest.param(
+        "initContainer: {env: [{name: '1 BAD', value: x}]}",
+        "initContainer.env.0.name",
+        None,
+        id="env-name",
+    ),
+    pytest.param(
+        "initContainer: {env: [{name: A, valueFrom: {secretKeyRef: {name: s, key: k}, "
+        "fieldRef: {fieldPath: x}}}]}",
+        "initContainer.env.0",
+        None,
+        id="env-two-sources",
+    ),
+    pytest.param(
+        "initContainer: {envFrom: [{secretRef: {name: s}, extra: 1}]}",
+        "initContainer.envFrom",
+        ("envFrom", [{"secretRef": {"name": "s"}, "extra": 1}]),
+        id="envfrom-typo",
+    ),
+    pytest.param(
+        "initContainer: {terminationMessagePath: 'relative/path'}",
+        "initContainer.terminationMessagePath",
+        None,
+        id="termination-path",
+    ),
+    pytest.param(
+        "cacheMountPath: /mnt/models",
+        "cacheMountPath",
+        None,
+        id="cache-at-model-path",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "field", "fragment"), BROKEN_TEMPLATES)
+def test_a_broken_template_is_refused_naming_its_field(
+    text: str, field: str, fragment: tuple[str, Any] | None
+) -> None:
+    from tests.golden_cases import load_cases
+    from tests.podrules import schema_errors
+    from webhook.clusterconfig import ConfigError, parse_config
+    from webhook.review import decide
+
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, source="config.yaml")
+    message = str(refused.value)
+    assert message.startswith("config.yaml: ")
+    assert field in message, message
+    if fragment is None:
+        return
+    # the problem is real: the same fragment in a patched pod fails the Kubernetes schema
+    case = next(c for c in load_cases() if c.name == "02-kserve-after-gs")
+    pod = copy.deepcopy(
+        dict(
+            decide(
+                case.pod, namespace="default", config=ClusterConfig(), namespace_annotations=None
+            ).after
+        )
+    )
+    key, value = fragment
+    pod["spec"]["initContainers"][0][key] = value
+    assert schema_errors(pod) is not None
+
+
+def test_the_sample_pods_are_valid_for_the_shipped_config() -> None:
+    from pathlib import Path
+
+    from tests.podrules import pod_rule_errors, schema_errors
+    from webhook.clusterconfig import parse_config
+    from webhook.configcheck import sample_pods
+    from webhook.review import decide
+
+    shipped = Path(__file__).resolve().parents[1] / "manifests" / "base" / "config.yaml"
+    for text in ("", shipped.read_text()):
+        config = parse_config(text)
+        for mode in (ServingMode.MOUNT, ServingMode.COPY):
+            forced = config.model_copy(
+                update={
+                    "policy": PolicyMode.FORCED,
+                    "servingMode": mode,
+                    "injectWithoutKServe": True,
+                }
+            )
+            for _, pod in sample_pods():
+                after = dict(
+                    decide(pod, namespace="x", config=forced, namespace_annotations=None).after
+                )
+                assert pod_rule_errors(after) == []
+                assert schema_errors(after) is None
+
+
+def test_serve_stops_at_start_on_a_broken_template(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from webhook.cli import main
+
+    bad = tmp_path / "config.yaml"
+    bad.write_text("initContainer:\n  securityContext:\n    runAsNonroot: true\n")
+    code = main(
+        ["serve", "--self-signed", "--cert-dir", str(tmp_path / "certs"), "--config", str(bad)]
+    )
+    assert code == 2
+    assert "initContainer.securityContext.runAsNonroot" in capsys.readouterr().err
+
+
+def test_a_broken_template_on_reload_keeps_the_last_good_config(tmp_path: Any) -> None:
+    import os
+
+    from webhook.config import ConfigStore
+
+    path = tmp_path / "config.yaml"
+    path.write_text("pvc: good-cache\n")
+    store = ConfigStore(path)
+    path.write_text("pvc: other\ninitContainer: {resources: {limits: {cpu: lots}}}\n")
+    os.utime(path, ns=(1, 1))  # a new identity even within one mtime tick
+    assert store.refresh() is False
+    assert store.config.pvc == "good-cache"
+    assert store.last_error is not None
+    assert "initContainer.resources.limits.cpu" in store.last_error

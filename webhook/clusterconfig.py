@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -98,8 +99,8 @@ class _Profile(_Fragment):
 
 
 class _Capabilities(_Fragment):
-    add: tuple[Annotated[str, Field(pattern=r"^[A-Z_0-9]+$")], ...] = ()
-    drop: tuple[Annotated[str, Field(pattern=r"^[A-Z_0-9]+$")], ...] = ()
+    add: list[Annotated[str, Field(pattern=r"^[A-Z_0-9]+$")]] = Field(default_factory=list)
+    drop: list[Annotated[str, Field(pattern=r"^[A-Z_0-9]+$")]] = Field(default_factory=list)
 
 
 class _SELinuxOptions(_Fragment):
@@ -136,6 +137,38 @@ class ContainerSecurityContext(_Fragment):
         return self
 
 
+_SUFFIXES: Final = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    "Ki": Decimal(2**10),
+    "Mi": Decimal(2**20),
+    "Gi": Decimal(2**30),
+    "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
+}
+
+
+def parse_quantity(value: object) -> Decimal:
+    """The value of a Kubernetes quantity (`100m` is 0.1, `1Gi` is 2**30); ValueError else."""
+    text = str(value)
+    match = QUANTITY.fullmatch(text)
+    if isinstance(value, bool) or match is None:
+        raise ValueError(f"{value!r} is not a quantity (such as 100m, 1, 512Mi, 2Gi)")
+    number, suffix = match.group(1), match.group(2) or ""
+    if suffix[:1] in ("e", "E") and suffix not in _SUFFIXES:
+        return Decimal(text.lstrip("+"))
+    return Decimal(number) * _SUFFIXES[suffix] * (-1 if text.startswith("-") else 1)
+
+
 def _quantity(value: object) -> object:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"{value!r} is not a quantity")
@@ -156,10 +189,21 @@ class ResourceRequirements(_Fragment):
     @field_validator("requests", "limits")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name in value:
+        for name, amount in value.items():
             if len(name) > 253 or not RESOURCE_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a resource name")
+            if parse_quantity(amount) < 0:
+                raise ValueError(f"{name}: {amount!r} is negative")
         return value
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> ResourceRequirements:
+        for name, amount in self.requests.items():
+            if name in self.limits and parse_quantity(amount) > parse_quantity(self.limits[name]):
+                raise ValueError(
+                    f"requests.{name} ({amount}) is above limits.{name} ({self.limits[name]})"
+                )
+        return self
 
 
 class _Ref(_Fragment):
@@ -291,10 +335,14 @@ def parse_config(text: str, *, source: str = "<config>") -> ClusterConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top, got {type(data).__name__}")
     try:
-        return ClusterConfig.model_validate(data)
+        config = ClusterConfig.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: {problems}") from exc
+    from webhook.configcheck import check_config  # it patches sample pods with `config`
+
+    check_config(config, source=source)
+    return config

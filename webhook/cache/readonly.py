@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from webhook.cache.copy import EntryVanished, copy_manifest_files
 from webhook.cache.fetch import Downloader, ErrorKind, FetchError, check_key, seal
+from webhook.cache.gc import Snapshot
 from webhook.cache.layout import Layout, Manifest, read_manifest, read_usage, record_usage
 
 logger = logging.getLogger(__name__)
@@ -315,7 +316,7 @@ def last_used_elsewhere(usage_dirs: Iterable[Path], key: str) -> float:
     return latest
 
 
-def merge_usage(snapshot: Any, usage_dirs: Iterable[Path]) -> Any:
+def merge_usage(snapshot: Snapshot, usage_dirs: Iterable[Path]) -> Snapshot:
     """A gc `Snapshot` whose entries' `last_used` also counts the read-only consumers' uses."""
     folders = list(usage_dirs)
     if not folders:

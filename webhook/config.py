@@ -25,6 +25,18 @@ def load_config(path: Path) -> ClusterConfig:
     return parse_config(text, source=str(path))
 
 
+def with_fetcher_image(config: ClusterConfig, image: str | None) -> ClusterConfig:
+    """The config with `image` as the init container's image, unless the file names one itself
+    (`serve --fetcher-image`, set from the Deployment, so a kustomize `images:` entry changes
+    it; an explicit `initContainer.image` in the file still wins)."""
+    if not image or "image" in config.initContainer.model_fields_set:
+        return config
+    if len(image) > 512 or any(c.isspace() for c in image):
+        raise ConfigError(f"fetcher image {image!r}: not an image reference")
+    template = config.initContainer.model_copy(update={"image": image})
+    return config.model_copy(update={"initContainer": template})
+
+
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
     try:
         st = os.stat(path)  # follows the ConfigMap's symlinks  # noqa: PTH116
@@ -36,17 +48,25 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 class ConfigStore:
     """The config in force; `refresh()` re-reads the file when it changed."""
 
-    def __init__(self, path: Path | None, *, initial: ClusterConfig | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        initial: ClusterConfig | None = None,
+        fetcher_image: str | None = None,
+    ) -> None:
         self.path = path
+        self.fetcher_image = fetcher_image
         self.reloads = 0
         self.failures = 0
         self.last_error: str | None = None
         if path is None:
-            self._config = initial or ClusterConfig()
+            self._config = with_fetcher_image(initial or ClusterConfig(), fetcher_image)
             self._identity: tuple[int, int, int, int] | None = None
         else:
             self._identity = _identity(path)
-            self._config = load_config(path)  # a bad file at start is fatal
+            # a bad file at start is fatal
+            self._config = with_fetcher_image(load_config(path), fetcher_image)
 
     @property
     def config(self) -> ClusterConfig:
@@ -61,7 +81,7 @@ class ConfigStore:
             return None
         self._identity = identity
         try:
-            self._config = load_config(self.path)
+            self._config = with_fetcher_image(load_config(self.path), self.fetcher_image)
         except ConfigError as exc:
             self.failures += 1
             self.last_error = str(exc)

@@ -63,3 +63,49 @@ class CertReloader:
         while True:
             await asyncio.sleep(interval)
             self.check()
+
+
+EXPIRY_METRIC = "kserve_cache_serving_certificate_expiry_timestamp_seconds"
+
+
+class CertificateExpiry:
+    """A Prometheus collector: when the certificate in `cert_file` expires (its notAfter, Unix
+    time), re-read whenever the file changes, so a rotated Secret shows at the next scrape."""
+
+    def __init__(self, cert_file: Path) -> None:
+        self.cert_file = cert_file
+        self._identity: tuple[tuple[int, int, int], ...] | None = None
+        self._expiry: float | None = None
+
+    def _read(self) -> float | None:
+        identity = _identity(self.cert_file)
+        if identity != self._identity:
+            self._identity = identity
+            try:
+                from cryptography import x509
+
+                cert = x509.load_pem_x509_certificates(self.cert_file.read_bytes())[0]
+                self._expiry = cert.not_valid_after_utc.timestamp()
+            except (OSError, ValueError, IndexError) as exc:
+                logger.warning("cannot read the expiry of %s: %s", self.cert_file, exc)
+                self._expiry = None
+        return self._expiry
+
+    def describe(self) -> list[object]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return [GaugeMetricFamily(EXPIRY_METRIC, "notAfter of the serving certificate")]
+
+    def collect(self) -> list[object]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        expiry = self._read()
+        if expiry is None:
+            return []
+        return [
+            GaugeMetricFamily(
+                EXPIRY_METRIC,
+                "When the serving certificate expires (notAfter, Unix time)",
+                value=expiry,
+            )
+        ]

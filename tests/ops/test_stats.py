@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ops.helpers import DAY, build_entry, run_cli, tree_state
+from tests.ops.helpers import CLI, DAY, build_entry, run_cli, tree_state
 from webhook.cache.layout import Layout, record_usage
 from webhook.cache.stats import compute_stats
 
@@ -25,6 +30,7 @@ def cache(tmp_path: Path) -> tuple[Layout, dict[str, str]]:
     beta:  1 waited within 24 h, 1 miss 2 days ago.
     gone:  (no entry) 1 miss within 24 h.
     """
+    (tmp_path / "cache").mkdir()
     layout = Layout(tmp_path / "cache")
     layout.ensure_dirs()
     now = time.time()
@@ -53,7 +59,15 @@ def test_json_figures(cache: tuple[Layout, dict[str, str]]) -> None:
     assert data["bytes"] == 4234
     assert (data["hits"], data["misses"], data["waits"]) == (5, 3, 1)
     # Within 24 h: 3 hits, 2 misses (alpha, gone), 1 wait.
-    assert data["window"] == {"hits": 3, "misses": 2, "waits": 1, "hit_rate": 0.5}
+    # alpha (3000 bytes) served 3 hits and 1 miss; gone's miss counts 0 bytes (evicted)
+    assert data["window"] == {
+        "hits": 3,
+        "misses": 2,
+        "waits": 1,
+        "hit_rate": 0.5,
+        "hit_bytes": 9000,
+        "miss_bytes": 3000,
+    }
     assert data["window_seconds"] == 86400
     assert data["staging_folders"] == 1
     assert data["leases"] == 1
@@ -76,13 +90,22 @@ def test_window_changes_the_hit_rate(cache: tuple[Layout, dict[str, str]]) -> No
     layout, _ = cache
     proc = run_cli("stats", "--cache-root", str(layout.root), "--json", "--window", "7d")
     data = json.loads(proc.stdout)
-    assert data["window"] == {"hits": 5, "misses": 3, "waits": 1, "hit_rate": 5 / 9}
+    assert data["window"] == {
+        "hits": 5,
+        "misses": 3,
+        "waits": 1,
+        "hit_rate": 5 / 9,
+        "hit_bytes": 15000,
+        "miss_bytes": 3000 + 1234,
+    }
     proc = run_cli("stats", "--cache-root", str(layout.root), "--json", "--window", "30m")
     assert json.loads(proc.stdout)["window"] == {
         "hits": 0,
         "misses": 0,
         "waits": 0,
         "hit_rate": None,
+        "hit_bytes": 0,
+        "miss_bytes": 0,
     }
 
 
@@ -165,3 +188,117 @@ def test_missing_cache_root_exits_2(tmp_path: Path) -> None:
     proc = run_cli("stats", "--cache-root", str(tmp_path / "nope"))
     assert proc.returncode == 2
     assert "is not a directory" in proc.stderr
+
+
+def _start_exporter(root: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            str(CLI),
+            "stats",
+            "--cache-root",
+            str(root),
+            "--serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    match = re.search(r"on (http://127\.0\.0\.1:\d+)/metrics", line)
+    if match is None:
+        proc.kill()
+        raise AssertionError(f"no address in {line!r}: {proc.communicate()}")
+    return proc, match.group(1)
+
+
+def _scrape(url: str) -> dict[str, float]:
+    response = httpx.get(f"{url}/metrics", timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    figures = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            figures[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return figures
+
+
+def test_exporter_serves_the_figures_and_writes_nothing(
+    cache: tuple[Layout, dict[str, str]],
+) -> None:
+    layout, keys = cache
+    before = tree_state(layout.root)
+    proc, url = _start_exporter(layout.root, "--min-interval", "0")
+    try:
+        first = _scrape(url)
+        assert first["kserve_cache_entries"] == 2
+        assert first["kserve_cache_bytes"] == 4234
+        assert first["kserve_cache_window_hit_ratio{window=24h}"] == 0.5
+        assert first["kserve_cache_window_hit_bytes{window=24h}"] == 9000
+        assert first["kserve_cache_window_miss_bytes{window=24h}"] == 3000
+        assert first[f"kserve_cache_hits_total{{key={keys['alpha']}}}"] == 5
+        assert first["kserve_cache_free_bytes"] > 0
+        assert "kserve_cache_exporter_collect_seconds" in first
+        assert httpx.get(f"{url}/healthz", timeout=30).text == "ok\n"
+        assert httpx.get(f"{url}/nope", timeout=30).status_code == 404
+        assert tree_state(layout.root) == before  # read-only
+        # a new hit shows on the next scrape (min-interval 0)
+        record_usage(layout, keys["beta"], "hit")
+        second = _scrape(url)
+        assert second[f"kserve_cache_hits_total{{key={keys['beta']}}}"] == 1
+        assert second["kserve_cache_window_hit_bytes{window=24h}"] == 9000 + 1234
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_exporter_reads_the_volume_at_most_every_min_interval(
+    cache: tuple[Layout, dict[str, str]],
+) -> None:
+    from webhook.cli.stats import Exporter
+
+    layout, keys = cache
+    exporter = Exporter(layout.root, window=86400.0, min_interval=3600.0)
+    first = exporter.text()
+    record_usage(layout, keys["beta"], "hit")
+    assert exporter.text() == first
+    assert exporter.collections == 1
+    exporter.min_interval = 0.0
+    assert exporter.text() != first
+    assert exporter.collections == 2
+
+
+def test_exporter_refuses_a_port_in_use(cache: tuple[Layout, dict[str, str]]) -> None:
+    layout, _ = cache
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli(
+            "stats",
+            "--cache-root",
+            str(layout.root),
+            "--serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        )
+    assert proc.returncode == 2
+    assert "cannot listen on 127.0.0.1" in proc.stderr
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "http"])
+def test_exporter_bad_port(cache: tuple[Layout, dict[str, str]], port: str) -> None:
+    layout, _ = cache
+    proc = run_cli("stats", "--cache-root", str(layout.root), "--serve", "--port", port)
+    assert proc.returncode == 2
+    assert "--port" in proc.stderr

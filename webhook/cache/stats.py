@@ -12,6 +12,7 @@ from typing import Any
 
 from webhook.cache.gc import Filesystem, read_filesystem, tree_bytes
 from webhook.cache.layout import Layout, Manifest, Usage, list_keys, read_manifest, read_usage
+from webhook.cache.lease import list_leases
 from webhook.keys import is_valid_key
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ class CacheStats:
 
     def total(self, name: str) -> int:
         return sum(int(getattr(k, name)) for k in self.keys)
+
+    def window_bytes(self, outcome: str) -> int:
+        """Bytes of the entries that the window's hits served (`window_hits`) or its misses
+        downloaded (`window_misses`); evicted keys count 0 (their size is gone with them)."""
+        return sum(int(getattr(k, outcome)) * k.bytes for k in self.keys if k.present)
 
     @property
     def hit_rate(self) -> float | None:
@@ -136,7 +142,7 @@ def collect(layout: Layout, *, window: float, now: float | None = None) -> Cache
         window=window,
         filesystem=read_filesystem(layout.root),
         staging=len(_names(layout, "staging", keys_only=False)),
-        leases=len(_names(layout, "locks")),
+        leases=sum(1 for view in list_leases(layout) if view.held),
     )
 
 
@@ -164,6 +170,8 @@ def stats_to_dict(stats: CacheStats) -> dict[str, Any]:
             "misses": stats.total("window_misses"),
             "waits": stats.total("window_waits"),
             "hit_rate": stats.hit_rate,
+            "hit_bytes": stats.window_bytes("window_hits"),
+            "miss_bytes": stats.window_bytes("window_misses"),
         },
         "filesystem": None
         if fs is None
@@ -283,6 +291,26 @@ class _Collector:
             gauge = GaugeMetricFamily(name, doc, labels=["window"])
             gauge.add_metric(window, s.total(field_name))
             yield gauge
+        for field_name, name, doc in (
+            (
+                "window_hits",
+                "kserve_cache_window_hit_bytes",
+                "Bytes served from the cache by the hits within the window.",
+            ),
+            (
+                "window_misses",
+                "kserve_cache_window_miss_bytes",
+                "Bytes downloaded into the cache by the misses within the window.",
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["window"])
+            gauge.add_metric(window, s.window_bytes(field_name))
+            yield gauge
+        yield GaugeMetricFamily(
+            "kserve_cache_stats_timestamp_seconds",
+            "When these figures were read from the volume.",
+            value=s.now,
+        )
         if s.hit_rate is not None:
             ratio = GaugeMetricFamily(
                 "kserve_cache_window_hit_ratio",

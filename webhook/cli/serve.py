@@ -40,6 +40,13 @@ def add_parser(sub: Any) -> None:
         help="where --self-signed writes ca.crt, tls.crt, tls.key (default ./certs)",
     )
     p.add_argument("--config", type=Path, help="cluster config YAML (reloaded on change)")
+    p.add_argument(
+        "--fetcher-image",
+        default=os.environ.get("KSERVE_CACHE_FETCHER_IMAGE") or None,
+        metavar="IMAGE",
+        help="the injected init container's image when the config sets no "
+        "initContainer.image (default: $KSERVE_CACHE_FETCHER_IMAGE, else the built-in one)",
+    )
     cluster = p.add_mutually_exclusive_group()
     cluster.add_argument(
         "--kubeconfig",
@@ -240,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     from webhook.certs import write_self_signed
     from webhook.clusterconfig import ConfigError
     from webhook.config import ConfigStore
-    from webhook.tls import CertReloader, harden
+    from webhook.tls import CertificateExpiry, CertReloader, harden
 
     if args.self_signed:
         files = write_self_signed(
@@ -263,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        store = ConfigStore(args.config)
+        store = ConfigStore(args.config, fetcher_image=args.fetcher_image)
     except ConfigError as exc:
         print(f"serve: {exc}", file=sys.stderr)  # noqa: T201
         return 2
@@ -276,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
     from webhook.namespaces import namespace_source_from_environment
 
     registry = CollectorRegistry()
+    registry.register(CertificateExpiry(cert_file))  # type: ignore[arg-type]
     try:
         namespaces = namespace_source_from_environment(
             registry=registry,

@@ -93,9 +93,9 @@ def readpath(data: dict[str, Any], out: Path) -> None:
 
     filesystems = data["filesystems"]
     fig, axes = plt.subplots(
-        1, len(filesystems), figsize=(7 * len(filesystems), 5.6), squeeze=False
+        1, len(filesystems), figsize=(4.5 * len(filesystems) + 3.5, 6), squeeze=False, sharey=True
     )
-    for ax, fs in zip(axes[0], filesystems, strict=True):
+    for number, (ax, fs) in enumerate(zip(axes[0], filesystems, strict=True)):
         rows = fs["methods"]
         names = [label(r["method"]) for r in rows]
         left = [0.0] * len(rows)
@@ -111,25 +111,28 @@ def readpath(data: dict[str, Any], out: Path) -> None:
         ax.axvline(ideal, color="#d62728", linestyle="--", linewidth=1)
         ax.text(
             ideal,
-            len(rows) - 0.4,
-            f" ceiling: {fs['ceiling_mb_s']:,.0f} MB/s",
+            -0.6,
+            f" dd ceiling {fs['ceiling_mb_s']:,.0f} MB/s",
             color="#d62728",
             fontsize=7,
             va="bottom",
         )
-        ax.invert_yaxis()
+        if number == 0:
+            ax.invert_yaxis()
         ax.set_xlim(0, max(left) * 1.25)
         ax.set_xlabel("seconds to model loaded (cold cache)")
         ax.set_title(f"{fs['name']}: {fs['model']['bytes'] / 1e9:.2f} GB model", fontsize=10)
         ax.tick_params(axis="y", labelsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        if number == len(filesystems) - 1:
+            handles, names_ = ax.get_legend_handles_labels()
+            fig.legend(handles, names_, loc="lower center", ncol=len(handles), fontsize=8)
     meta = data.get("meta", {})
     fig.suptitle(
         f"Read path from the cache to the model server ({meta.get('date', '')}, "
         f"{meta.get('cpus', '?')} shared CPUs, median of {meta.get('repeat', '?')} cold runs)",
         fontsize=11,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 

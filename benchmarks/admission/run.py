@@ -20,6 +20,7 @@ import platform
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,9 +44,14 @@ LUA = HERE / "request.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TARGET_SATURATION = 1500.0
-TARGET_P99_MS = 10.0
+TARGET_P99_MS = 5.0
 TARGET_P99_RATE = 500
 TARGET_FLOOR_RATIO = 0.70
+TARGET_PARSE_FLOOR_RATIO = 0.50
+RATIO_REVIEW = "03-kserve-after-s3-credentials"
+"""The review of the parse-floor ratio: a KServe pod with S3 credentials, mutated."""
+FLOOR_APP = HERE / "floor_app.py"
+PY = REPO / ".venv" / "bin" / "python"
 
 
 # machine -------------------------------------------------------------------------------------
@@ -174,6 +180,34 @@ def start_server(work: Path, extra: list[str]) -> Server:
         time.sleep(0.2)
     process.kill()
     sys.exit("serve did not come up")
+
+
+def start_parse_floor(work: Path, cert_dir: Path) -> Server:
+    """The raw-ASGI parse floor (floor_app.py: read, orjson-parse, allow) on the same TLS
+    certificate and uvicorn settings, one process."""
+    port = free_port()
+    log = (work / "floor.log").open("wb")
+    process = subprocess.Popen(
+        [str(PY), str(FLOOR_APP), "--port", str(port), "--cert-dir", str(cert_dir)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    server = Server(process, port, cert_dir / "ca.crt")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"floor_app exited: {(work / 'floor.log').read_text()}")
+        try:
+            with server.client() as client:
+                if client.get(server.url("/")).status_code == 200:
+                    return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    sys.exit("floor_app did not come up")
 
 
 def stop_server(server: Server) -> None:
@@ -470,7 +504,40 @@ def render(results: dict[str, Any]) -> str:
             f"{c['targets']['floor_ratio']:.0%} {mark[c['targets']['floor_ok']]}" for c in configs
         )
         + " |",
+        f"| >= {TARGET_PARSE_FLOOR_RATIO:.0%} of the raw-ASGI parse floor ({RATIO_REVIEW}) | "
+        + " | ".join(
+            f"{c['targets']['parse_floor_ratio']:.0%} {mark[c['targets']['parse_floor_ok']]}"
+            if "parse_floor_ratio" in c["targets"]
+            else "-"
+            for c in configs
+        )
+        + " |",
     ]
+    for config in configs:
+        parse = config.get("parse_floor")
+        if not parse:
+            continue
+        runs = parse["runs"]
+        lines += [
+            "",
+            f"## Parse floor (--workers {config['workers']})",
+            "",
+            "The floor: `floor_app.py`, a raw ASGI app under the same uvicorn settings and "
+            "certificate (TLS, httptools, uvloop, one process) that reads the body, parses it "
+            "with orjson and allows the review with its uid. /mutate and the floor alternate "
+            f"with `wrk`, {len(parse['ratios'])} pairs; the ratio is the median of the pairs' "
+            f"ratios ({', '.join(f'{r:.2f}' for r in parse['ratios'])}). Review: "
+            f"{parse['review']} (mutated). Against the whole mix: {parse['mix_ratio']:.0%}.",
+            "",
+            "| run | throughput | p50 | p99 | server CPU us/req | load |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {r['endpoint']} | {r['rate']:,.0f}/s | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {r['server_cpu_us_per_request']:.0f} | {r['loadavg_before'][0]:.1f} |"
+                for name in runs
+                for r in runs[name]
+            ),
+        ]
     for config in configs:
         memory = config["memory"]
         lines += [
@@ -527,10 +594,15 @@ def bench_config(
     *,
     workers: int,
     args: argparse.Namespace,
+    ratio_list: Path | None = None,
 ) -> dict[str, Any]:
-    """Every load run against one server configuration (`serve --workers N`)."""
+    """Every load run against one server configuration (`serve --workers N`); with
+    `ratio_list` (one worker) also the parse-floor ratio, /mutate and the raw-ASGI floor
+    alternating in the same run."""
     serve_args = ["--workers", str(workers), *args.serve_arg]
     server = start_server(work, serve_args)
+    parse_floor: dict[str, list[Run]] = {}
+    floor_server = start_parse_floor(work, work / "certs") if ratio_list else None
     try:
         pids = server.workers()
 
@@ -558,6 +630,25 @@ def bench_config(
                 print(f"  saturation {endpoint}: {run.rate}/s p99 {run.p99_ms} ms", file=sys.stderr)
                 saturation[endpoint].append(run)
                 admissions += run.requests if endpoint == "mutate" else 0
+        if floor_server is not None and ratio_list is not None:
+            for _ in range(args.repeat):
+                for name, target, path, reviews in (
+                    ("mutate:credentials", server, "mutate", ratio_list),
+                    ("parse-floor:credentials", floor_server, "admit", ratio_list),
+                    ("parse-floor:mix", floor_server, "admit", list_file),
+                ):
+                    run = run_wrk(
+                        target,
+                        path,
+                        reviews,
+                        seconds=args.seconds,
+                        threads=args.threads,
+                        conns=args.connections,
+                    )
+                    run.endpoint = name
+                    print(f"  {name}: {run.rate}/s p99 {run.p99_ms} ms", file=sys.stderr)
+                    parse_floor.setdefault(name, []).append(run)
+                    admissions += run.requests if name.startswith("mutate") else 0
         fixed: list[Run] = []
         for rate in [float(r) for r in args.rates.split(",") if r]:
             for endpoint in ("mutate", "floor"):
@@ -581,6 +672,8 @@ def bench_config(
             print(f"  memory: {samples[-1]}", file=sys.stderr)
     finally:
         stop_server(server)
+        if floor_server is not None:
+            stop_server(floor_server)
 
     mutate_sat = median_run(saturation["mutate"])
     floor_sat = median_run(saturation["floor"])
@@ -589,6 +682,29 @@ def bench_config(
     )
     ratio = mutate_sat.rate / floor_sat.rate
     p99 = at_target.p99_ms if at_target else float("nan")
+    parse: dict[str, Any] = {}
+    if parse_floor:
+        # the ratio of each pair run back to back, then the median (the machine's load moves)
+        pairs = [
+            m.rate / f.rate
+            for m, f in zip(
+                parse_floor["mutate:credentials"],
+                parse_floor["parse-floor:credentials"],
+                strict=True,
+            )
+        ]
+        mix_pairs = [
+            m.rate / f.rate
+            for m, f in zip(saturation["mutate"], parse_floor["parse-floor:mix"], strict=True)
+        ]
+        parse = {
+            "review": RATIO_REVIEW,
+            "ratio": round(statistics.median(pairs), 3),
+            "ratios": [round(r, 3) for r in pairs],
+            "mix_ratio": round(statistics.median(mix_pairs), 3),
+            "ok": statistics.median(pairs) >= TARGET_PARSE_FLOOR_RATIO,
+            "runs": {k: [asdict(r) for r in v] for k, v in parse_floor.items()},
+        }
     return {
         "workers": workers,
         "server_args": ["--self-signed", "--no-cluster", "--floor-endpoint", *serve_args],
@@ -599,7 +715,13 @@ def bench_config(
             "p99_ok": p99 <= TARGET_P99_MS,
             "floor_ratio": round(ratio, 3),
             "floor_ok": ratio >= TARGET_FLOOR_RATIO,
+            **(
+                {"parse_floor_ratio": parse["ratio"], "parse_floor_ok": parse["ok"]}
+                if parse
+                else {}
+            ),
         },
+        "parse_floor": parse,
         "summary": [asdict(mutate_sat), asdict(floor_sat), *[asdict(r) for r in fixed]],
         "saturation": {k: [asdict(r) for r in v] for k, v in saturation.items()},
         "memory": {"admissions": admissions, "workers": len(pids), "samples": samples},
@@ -644,9 +766,22 @@ def main() -> int:
         # same two cores: two processes, a mutated review and a skipped one of median size
         mutated = [p for p, i in zip(paths, items, strict=True) if _mutated(i)]
         skipped = [p for p, i in zip(paths, items, strict=True) if not _mutated(i)]
-        hey_bodies = [mutated[len(mutated) // 2], skipped[len(skipped) // 2]]
+        credentials = next(p for p, i in zip(paths, items, strict=True) if i.name == RATIO_REVIEW)
+        hey_bodies = [credentials if credentials in mutated else mutated[len(mutated) // 2]]
+        hey_bodies.append(skipped[len(skipped) // 2])
+        ratio_item = next(i for i, item in enumerate(items) if item.name == RATIO_REVIEW)
+        ratio_list = work / "ratio-review.txt"
+        ratio_list.write_text(f"{paths[ratio_item]}\n")
         configs = [
-            bench_config(work, items, list_file, hey_bodies, workers=n, args=args)
+            bench_config(
+                work,
+                items,
+                list_file,
+                hey_bodies,
+                workers=n,
+                args=args,
+                ratio_list=ratio_list if n == 1 else None,
+            )
             for n in worker_counts
         ]
         benches = in_process(work)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,9 +79,8 @@ def read_mmap_safetensors(root: Path, files: Files) -> int:
             total += len(path.read_bytes())
             continue
         with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            start, header = read_header(memoryview(mm)[:4096])
-            if start > 4096:
-                start, header = read_header(mm[:start])
+            (length,) = struct.unpack("<Q", mm[:8])
+            start, header = read_header(mm[: 8 + length])
             total += start
             for name in sorted(k for k in header if k != "__metadata__"):
                 begin, end = header[name]["data_offsets"]
@@ -143,6 +143,9 @@ LABELS = {
 def label(name: str) -> str:
     if name.startswith("parallel-"):
         return f"mount: {name.removeprefix('parallel-')} parallel readers, 16 MiB"
+    if name.startswith("prefetch-limit"):
+        budget = "within its budget" if "budget" in name else "all of it"
+        return f"mount: prefetch under a memory limit ({budget}), then 1 reader"
     if name.startswith("copy-") and name != "copy-before":
         return f"copy ({name.removeprefix('copy-')} workers), then local read"
     return LABELS.get(name, name)

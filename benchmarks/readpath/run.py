@@ -137,9 +137,93 @@ def gluster_target(work: Path) -> Iterator[Target]:
 def _fstype(path: Path) -> str:
     path.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(
-        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=False
+        ["findmnt", "-n", "-o", "FSTYPE", "-T", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return out.stdout.strip() or "?"
+
+
+# a memory limit like a pod's ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[Path]:
+    """A child of this process's memory cgroup limited to `limit` bytes (cgroup v1 or v2), like
+    an init container's `resources.limits.memory`; removed afterwards (its page cache charges
+    move to the parent, as when a container ends)."""
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    base: Path | None = None
+    limit_file = ""
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base, limit_file = (
+                Path("/sys/fs/cgroup/memory") / path.lstrip("/"),
+                "memory.limit_in_bytes",
+            )
+    if base is None:
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":
+                base, limit_file = Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max"
+    if base is None:
+        raise OSError("no memory cgroup")
+    folder = base / f"readpath-bench-{os.getpid()}"
+    folder.mkdir()
+    try:
+        (folder / limit_file).write_text(str(limit))
+        yield folder
+    finally:
+        for _ in range(50):
+            try:
+                folder.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+PREFETCH_CHILD = """
+import json, sys
+from pathlib import Path
+from webhook.cache.layout import Manifest
+from webhook.cache.prefetch import prefetch_manifest_files
+stats = prefetch_manifest_files(
+    Path(sys.argv[1]),
+    Manifest.from_json(Path(sys.argv[2]).read_text()),
+    budget=-1 if sys.argv[3] == "budget" else None,
+)
+print(json.dumps(stats.__dict__))
+"""
+
+
+def prefetch_limited(root: Path, manifest: Manifest, *, limit: int, budget: bool) -> dict[str, Any]:
+    """The init container's prefetch in a process under a memory limit (its own cgroup)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as out:
+        out.write(manifest.to_json())
+    try:
+        with memory_cgroup(limit) as cgroup:
+            procs = cgroup / "cgroup.procs"
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    PREFETCH_CHILD,
+                    str(root),
+                    out.name,
+                    "budget" if budget else "none",
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+                preexec_fn=lambda: procs.write_text(str(os.getpid())),
+            )
+    finally:
+        Path(out.name).unlink()
+    stats: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return stats
 
 
 # runs ----------------------------------------------------------------------------------------
@@ -185,6 +269,8 @@ def run_method(
     root: Path,
     files: list[tuple[str, int]],
     name: str,
+    *,
+    limit: int = 0,
 ) -> dict[str, Any]:
     """One cold run of one method: seconds to model loaded (and its phases)."""
     total = sum(size for _, size in files)
@@ -204,6 +290,17 @@ def run_method(
     elif name == "prefetch+seq-1m":
         phases["prefetch"], stats = timed(lambda: prefetch_manifest_files(root, manifest))
         extra["prefetched_bytes"] = stats.bytes
+        phases["load"], got = timed(lambda: read_sequential(root, files, block=1 * MiB))
+    elif name.startswith("prefetch-limit"):
+        budget = name.startswith("prefetch-limit-budget")
+        phases["prefetch"], stats = timed(
+            lambda: prefetch_limited(root, manifest, limit=limit, budget=budget)
+        )
+        extra.update(
+            memory_limit=limit,
+            prefetched_bytes=stats["bytes"],
+            skipped_bytes=stats["skipped_bytes"],
+        )
         phases["load"], got = timed(lambda: read_sequential(root, files, block=1 * MiB))
     elif name == "copy-before":
         phases["copy"], _ = timed(lambda: copy_before(root, dest, files))
@@ -231,7 +328,10 @@ def run_method(
 def methods(args: argparse.Namespace) -> list[str]:
     out = ["seq-1m", "seq-16m"]
     out += [f"parallel-{n}" for n in args.parallel]
-    out += ["mmap-safetensors", "prefetch+seq-1m", "copy-before"]
+    out += ["mmap-safetensors", "prefetch+seq-1m"]
+    if args.prefetch_limit:
+        out += ["prefetch-limit+seq-1m", "prefetch-limit-budget+seq-1m"]
+    out += ["copy-before"]
     out += [f"copy-{n}" for n in args.copy_workers]
     return out
 
@@ -245,28 +345,39 @@ def bench_target(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     os.sync()
     files = model_files(root)
     assert sum(s for _, s in files) == made
-    ceilings = [ceiling(target, root, files) for _ in range(args.repeat)]
+    # Rounds: the ceiling, then every method once, `repeat` times. The machine is shared, so
+    # each round sees the same load for the ceiling and the methods.
+    names = methods(args)
+    ceilings: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_ in range(args.repeat):
+        ceilings.append(ceiling(target, root, files))
+        print(
+            f"  round {round_ + 1}: ceiling (dd bs=16M, cold) {ceilings[-1]['mb_s']:.0f} MB/s, "
+            f"load {os.getloadavg()[0]:.1f}",
+            file=sys.stderr,
+        )
+        for name in names:
+            run = run_method(target, root, files, name, limit=args.prefetch_limit)
+            run["loadavg"] = round(os.getloadavg()[0], 2)
+            runs[name].append(run)
+            print(f"    {name}: {run['seconds']:.2f} s", file=sys.stderr)
     ceiling_mb_s = statistics.median(c["mb_s"] for c in ceilings)
-    print(f"  ceiling (dd bs=16M, cold): {ceiling_mb_s:.0f} MB/s", file=sys.stderr)
     rows = []
-    for name in methods(args):
-        runs = []
-        for _ in range(args.repeat):
-            runs.append(run_method(target, root, files, name))
-        median = statistics.median(r["seconds"] for r in runs)
+    for name in names:
+        median = statistics.median(r["seconds"] for r in runs[name])
         row: dict[str, Any] = {
             "method": name,
             "mode": "copy" if name.startswith("copy") else "mount",
             "median_s": median,
             "mb_s": round(made / median / 1e6, 1),
-            "runs": runs,
+            "runs": runs[name],
         }
         if name.startswith("copy"):
-            copy_s = statistics.median(r["copy_s"] for r in runs)
+            copy_s = statistics.median(r["copy_s"] for r in runs[name])
             row["copy_median_s"] = copy_s
             row["copy_mb_s"] = round(made / copy_s / 1e6, 1)
             row["copy_share_of_ceiling"] = round(made / copy_s / 1e6 / ceiling_mb_s, 3)
-        print(f"  {name}: {median:.2f} s ({row['mb_s']:.0f} MB/s)", file=sys.stderr)
         rows.append(row)
     shutil.rmtree(root, ignore_errors=True)
     return {
@@ -293,7 +404,10 @@ def render(results: dict[str, Any]) -> str:
         f"files ({meta['shards']} safetensors shards, the rest small files). Each figure is the "
         f"median of {meta['repeat']} cold runs (page cache dropped before each; GlusterFS "
         "clients remounted). Copy mode: the init container's copy into a local folder (the "
-        "pod's emptyDir), then the server's read of the copy.",
+        "pod's emptyDir), then the server's read of the copy. Prefetch under a memory limit: "
+        f"the prefetching process in a memory cgroup limited to {meta['prefetch_limit'] / MiB:.0f} "
+        "MiB (an init container's `resources.limits.memory`), all of the model or within the "
+        "budget it reads from its cgroup.",
         "",
     ]
     for fs in results["filesystems"]:
@@ -301,7 +415,10 @@ def render(results: dict[str, Any]) -> str:
             f"## {fs['name']}: {fs['description']}",
             "",
             f"Ceiling (the volume's sequential read, `dd bs=16M`, cold): "
-            f"**{fs['ceiling_mb_s']:,.0f} MB/s**. Cold caches by: {fs['cold']}.",
+            f"**{fs['ceiling_mb_s']:,.0f} MB/s** (rounds: "
+            f"{', '.join(format(c['mb_s'], ',.0f') for c in fs['ceiling']['runs'])}). "
+            f"Cold caches by: {fs['cold']}. "
+            f"Load average (1 min) during the runs: {_load_range(fs)}.",
             "",
             "| method | to model loaded | throughput | phases (s) | share of ceiling |",
             "|---|---|---|---|---|",
@@ -324,6 +441,11 @@ def render(results: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _load_range(fs: dict[str, Any]) -> str:
+    loads = [r["loadavg"] for row in fs["methods"] for r in row["runs"] if "loadavg" in r]
+    return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "?"
 
 
 def write_results(results: dict[str, Any], out: Path) -> None:
@@ -353,6 +475,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 4, DEFAULT_WORKERS, 16],
         help=f"copy-mode worker counts (default 1,4,{DEFAULT_WORKERS},16)",
     )
+    parser.add_argument(
+        "--prefetch-limit",
+        type=parse_size,
+        default=None,
+        help="memory limit of the prefetching process for the prefetch-limit runs (default: "
+        "a quarter of --size; 0: no such runs)",
+    )
     parser.add_argument("--work", type=Path, help="scratch folder (default: a new one in /var/tmp)")
     parser.add_argument(
         "--out",
@@ -363,6 +492,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="readpath-results-"))
+    if args.prefetch_limit is None:
+        args.prefetch_limit = args.size // 4
     return args
 
 
@@ -386,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "shards": args.shards,
             "copy_defaults": {"workers": DEFAULT_WORKERS, "block_size": DEFAULT_BLOCK_SIZE},
+            "prefetch_limit": args.prefetch_limit,
             "loadavg_start": os.getloadavg()[0],
         },
         "filesystems": [],

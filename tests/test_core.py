@@ -307,13 +307,14 @@ def test_internal_error_admits_unchanged_or_refuses(monkeypatch: pytest.MonkeyPa
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
+    refusing = parse_config("onError: refuse")  # before: loading patches sample pods
     monkeypatch.setattr(review_module, "mutate", broken)
     body = make_review(BASE, namespace="default")
     admitted = review_body(body, config=ClusterConfig()).response["response"]
     assert admitted["allowed"] is True
     assert "patch" not in admitted
     assert "boom" in admitted["warnings"][0]
-    refused = review_body(body, config=parse_config("onError: refuse")).response["response"]
+    refused = review_body(body, config=refusing).response["response"]
     assert refused["allowed"] is False
     assert refused["status"]["code"] == 500
 

@@ -260,7 +260,7 @@ class InitContainerTemplate(_Strict):
     )
     # The uid (and gid) given to the init container of a pod that runs as root (uid 0): the
     # restricted securityContext says runAsNonRoot, which the kubelet refuses with uid 0.
-    nonRootUser: Annotated[int, Field(ge=1, le=2_147_483_647)] = 1000
+    nonRootUser: Annotated[int, Field(ge=1, le=2_147_483_647)] = 65532
     leaseTTLSeconds: Annotated[int, Field(ge=5, le=86_400)] = 120
     waitTimeoutSeconds: Annotated[int, Field(ge=10, le=86_400)] = 3_600
 

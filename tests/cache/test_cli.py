@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from webhook.cache.layout import MANIFEST_NAME, Layout, read_lease, read_manifest
+from webhook.cache.layout import MANIFEST_NAME, Layout, read_manifest
+from webhook.cache.lease import list_leases, read_holder
 from webhook.keys import cache_key
 
 from .conftest import BUCKET, S3, fetch_args, run_fetch, tree
@@ -46,7 +47,7 @@ def assert_nothing_left(root: Path, key: str) -> None:
     layout = Layout(root)
     assert not layout.entry(key).exists()
     assert not layout.staging.exists() or list(layout.staging.iterdir()) == []
-    assert read_lease(layout, key) is None
+    assert read_holder(layout, key) is None
 
 
 def test_s3_miss_then_hit_with_kserve_storage(s3: S3, tmp_path: Path) -> None:
@@ -96,7 +97,9 @@ def test_eight_processes_one_download(s3: S3, tmp_path: Path) -> None:
     for i in range(1, 8, 2):
         assert tree(tmp_path / f"pod-{i}") == expected
     assert list((root / ".staging").iterdir()) == []
-    assert list((root / ".locks").iterdir()) == []
+    # One lease file per generation, released, never deleted; no temporary file left.
+    assert [v.held for v in list_leases(Layout(root))] == [False]
+    assert all(not p.name.startswith(".") for p in (root / ".locks").iterdir())
 
 
 def test_http_and_file_sources(http_server: FileServer, tmp_path: Path) -> None:
@@ -179,7 +182,7 @@ def test_kill_9_then_takeover_after_ttl(
 
     layout = Layout(root)
     assert not layout.entry(key).exists()  # nothing partial is ever visible
-    assert read_lease(layout, key) is not None  # the dead holder's lease is left behind
+    assert read_holder(layout, key) is not None  # the dead holder's lease is left behind
     if phase == "mid-download":
         staged = _staged_file(root, "model.bin")
         assert staged is not None
@@ -192,7 +195,7 @@ def test_kill_9_then_takeover_after_ttl(
     manifest = read_manifest(layout, key)
     assert manifest is not None
     assert manifest.bytes == len(body)
-    assert read_lease(layout, key) is None
+    assert read_holder(layout, key) is None
     assert list(layout.staging.iterdir()) == []  # the dead holder's staging was cleaned
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import threading
@@ -13,7 +14,8 @@ import pytest
 
 from webhook.cache import lease as leases
 from webhook.cache.fetch import ErrorKind, FetchError, clean_stale, fetch_entry, publish, seal
-from webhook.cache.layout import MANIFEST_NAME, Layout, read_lease, read_manifest, read_usage
+from webhook.cache.layout import MANIFEST_NAME, Layout, Manifest, read_manifest, read_usage
+from webhook.cache.lease import read_holder
 from webhook.keys import cache_key
 
 URI = "s3://bucket/models/resnet"
@@ -62,18 +64,32 @@ def test_miss_publishes_then_hit_without_downloading(layout: Layout) -> None:
     usage = read_usage(layout, KEY)
     assert usage is not None
     assert (usage.misses, usage.hits) == (1, 1)
-    assert read_lease(layout, KEY) is None
+    assert read_holder(layout, KEY) is None
     assert list(layout.staging.iterdir()) == []
 
 
-def test_hit_never_opens_model_files(layout: Layout) -> None:
+def test_hit_checks_sizes_without_opening_model_files(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fetch_entry(layout, uri=URI, key=KEY, downloader=Writer())
-    # A FIFO blocks whoever opens it: a hit that read, hashed or copied it would hang here.
-    weights = layout.entry(KEY) / "weights" / "model.bin"
-    weights.unlink()
-    os.mkfifo(weights)
+    opened: list[str] = []
+    real_open, real_io_open = os.open, io.open
+
+    def spy_os_open(path: object, *args: object, **kwargs: object) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def spy_io_open(path: object, *args: object, **kwargs: object) -> object:
+        opened.append(str(path))
+        return real_io_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(os, "open", spy_os_open)
+    monkeypatch.setattr(io, "open", spy_io_open)
     result = fetch_entry(layout, uri=URI, key=KEY, downloader=Writer())
+    monkeypatch.undo()
     assert result.outcome == "hit"
+    entry = str(layout.entry(KEY))
+    assert [p for p in opened if p.startswith(entry)] == [str(layout.manifest(KEY))]
 
 
 @pytest.mark.parametrize(
@@ -133,87 +149,157 @@ def test_wait_timeout_leaves_nothing(layout: Layout) -> None:
     assert list(layout.staging.iterdir()) == []
 
 
-def test_stale_lease_is_taken_over(layout: Layout) -> None:
+def test_silent_lease_is_taken_over_after_ttl_and_margin(layout: Layout) -> None:
     layout.ensure_dirs()
-    assert leases.try_acquire(layout, KEY, holder="dead-pod") is not None
-    old = time.time() - 60
-    os.utime(layout.lock(KEY), (old, old))
+    dead = leases.try_acquire(layout, KEY, holder="dead-pod")
+    assert dead is not None
     stale_staging = layout.new_staging(KEY)
     stale_staging.mkdir()
     (stale_staging / "half.bin").write_bytes(b"x" * 10)
-    os.utime(stale_staging, (old, old))
 
-    result = fetch_entry(layout, uri=URI, key=KEY, downloader=Writer(), lease_ttl=5)
+    result = fetch_entry(layout, uri=URI, key=KEY, downloader=Writer(), lease_ttl=0.4)
     assert result.outcome == "miss"
     assert entry_files(layout) == FILES
-    assert read_lease(layout, KEY) is None
+    assert read_holder(layout, KEY) is None
+    # Taken over by creating the next generation: the dead one was never deleted.
+    assert leases.generations(layout, KEY) == [1, 2]
+    assert dead.is_mine() is False
     assert list(layout.staging.iterdir()) == []
+    assert list(layout.trash.iterdir()) == []  # its staging was renamed aside, then deleted
 
 
-def test_only_one_of_many_breakers_takes_over(layout: Layout) -> None:
+def test_only_one_of_many_takers_gets_the_next_generation(layout: Layout) -> None:
     layout.ensure_dirs()
-    for _ in range(30):
-        assert leases.try_acquire(layout, KEY, holder="dead-pod") is not None
-        old = time.time() - 60
-        os.utime(layout.lock(KEY), (old, old))
+    for round_ in range(30):
+        view = leases.read_current(layout, KEY)
         barrier = threading.Barrier(8)
-        broke: list[bool] = []
+        won: list[leases.Lease] = []
 
-        def breaker(barrier: threading.Barrier, broke: list[bool]) -> None:
+        def taker(barrier: threading.Barrier, won: list[leases.Lease], view: object) -> None:
             barrier.wait()
-            broke.append(leases.break_if_stale(layout, KEY, ttl=5))
+            got = leases.try_acquire(layout, KEY, holder=leases.new_holder_id(), after=view)  # type: ignore[arg-type]
+            if got is not None:
+                won.append(got)
 
-        threads = [threading.Thread(target=breaker, args=(barrier, broke)) for _ in range(8)]
+        threads = [threading.Thread(target=taker, args=(barrier, won, view)) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert broke.count(True) == 1
-        assert read_lease(layout, KEY) is None
-    assert sorted(p.name for p in layout.locks.iterdir()) == []
+        assert len(won) == 1
+        assert won[0].gen == round_ + 1
+        holder = read_holder(layout, KEY)
+        assert holder is not None
+        assert holder.holder == won[0].holder
+    assert leases.generations(layout, KEY) == list(range(1, 31))
 
 
-def test_live_lease_is_not_broken(layout: Layout) -> None:
+def test_a_beating_lease_is_never_judged_dead(layout: Layout) -> None:
     layout.ensure_dirs()
-    assert leases.try_acquire(layout, KEY, holder="alive") is not None
-    assert leases.break_if_stale(layout, KEY, ttl=5) is False
-    info = read_lease(layout, KEY)
-    assert info is not None
-    assert info.holder == "alive"
+    alive = leases.try_acquire(layout, KEY, holder="alive")
+    assert alive is not None
+    watch = leases.Watch(ttl=0.2)
+    verdicts = set()
+    with leases.Heartbeat(alive, interval=0.05):
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            verdicts.add(watch.look(leases.read_current(layout, KEY)))
+            time.sleep(0.02)
+    assert verdicts == {"held"}
+    assert leases.try_acquire(layout, KEY, holder="waiter") is None
+    # Once it stops beating, the same watch declares it dead.
+    deadline = time.monotonic() + 5
+    while watch.look(leases.read_current(layout, KEY)) != "dead":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
 
-def test_release_leaves_a_rivals_lease_alone(layout: Layout) -> None:
+def test_watch_judges_on_its_own_clock() -> None:
+    now = [100.0]
+    watch = leases.Watch(ttl=10, clock=lambda: now[0])
+
+    def view(gen: int, sig: bytes | None) -> leases.LeaseView:
+        state = leases.HELD if sig is not None else leases.UNREADABLE
+        return leases.LeaseView(KEY, gen, "h", state, 0, 0.0, sig)
+
+    assert watch.look(None) == "free"
+    assert watch.look(view(1, b"a")) == "held"
+    now[0] += 12.4
+    assert watch.look(view(1, b"a")) == "held"  # 12.4 <= 10 * 1.25
+    assert watch.look(view(1, b"b")) == "held"  # a beat resets the clock
+    now[0] += 12
+    assert watch.look(view(1, None)) == "held"  # unreadable: no change, not a beat
+    now[0] += 1
+    assert watch.look(view(1, None)) == "dead"
+    assert watch.look(view(2, None)) == "held"  # a new generation starts a new watch
+    released = leases.LeaseView(KEY, 2, "h", leases.RELEASED, 1, 0.0, b"r")
+    assert watch.look(released) == "free"
+
+
+def test_a_superseded_lease_cannot_beat_or_release(layout: Layout) -> None:
     layout.ensure_dirs()
     mine = leases.try_acquire(layout, KEY, holder="me")
     assert mine is not None
-    layout.lock(KEY).unlink()  # as if a waiter broke our lease and took a new one
-    assert leases.try_acquire(layout, KEY, holder="rival") is not None
-
+    rival = leases.try_acquire(layout, KEY, holder="rival", after=leases.read_current(layout, KEY))
+    assert rival is not None
+    assert (mine.gen, rival.gen) == (1, 2)
+    assert mine.superseded() is True
     assert mine.is_mine() is False
     assert mine.touch() is False
     assert leases.release(mine) is False
-    info = read_lease(layout, KEY)
-    assert info is not None
-    assert info.holder == "rival"
-    assert [p.name for p in layout.locks.iterdir()] == [KEY]
+    holder = read_holder(layout, KEY)
+    assert holder is not None
+    assert holder.holder == "rival"
+    assert rival.release() is True
+    assert read_holder(layout, KEY) is None
+    # Released, never deleted: the next taker takes generation 3 at once.
+    nxt = leases.try_acquire(layout, KEY, holder="next")
+    assert nxt is not None
+    assert nxt.gen == 3
 
 
-def test_heartbeat_keeps_the_lease_live(layout: Layout) -> None:
-    layout.ensure_dirs()
-    mine = leases.try_acquire(layout, KEY, holder="me")
-    assert mine is not None
-    old = time.time() - 60
-    os.utime(mine.path, (old, old))
-    with leases.Heartbeat(mine, interval=0.05):
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            info = read_lease(layout, KEY)
-            if info is not None and info.is_live(ttl=5):
-                break
-            time.sleep(0.05)
-    info = read_lease(layout, KEY)
-    assert info is not None
-    assert info.is_live(ttl=5)
+def test_a_holder_that_is_taken_over_stops_and_waits(layout: Layout) -> None:
+    """The holder of gen n stops when gen n+1 appears (it was judged dead while slow): it does
+    not publish its copy, and it ends as a waiter on the new holder's entry."""
+    gate = threading.Event()
+    slow = Writer(gate=gate)
+    results: dict[str, str] = {}
+
+    def run() -> None:
+        results["old"] = fetch_entry(
+            layout, uri=URI, key=KEY, downloader=slow, lease_ttl=0.4
+        ).outcome
+
+    old = threading.Thread(target=run)
+    old.start()
+    assert slow.started.wait(10)
+    view = leases.read_current(layout, KEY)
+    assert view is not None
+    new = leases.try_acquire(layout, KEY, holder="new-holder", after=view)
+    assert new is not None
+    with leases.Heartbeat(new, interval=0.05):
+        staging = layout.new_staging(KEY)
+        staging.mkdir()
+        Writer()(URI, staging)
+        (staging / "from-new-holder").write_bytes(b"n")
+        # The old holder sees generation 2 at its next beat, stops and renames its staging
+        # aside (its downloader thread, blocked, is abandoned: it never writes again).
+        deadline = time.monotonic() + 10
+        while [p for p in layout.staging.iterdir() if p != staging]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        files = seal(staging)
+        manifest = Manifest(
+            uri=URI, revision="", key=KEY, files=files, bytes=sum(f.size for f in files),
+            created_at=time.time(), download_seconds=0.0, endpoint="",
+        )  # fmt: skip
+        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+        assert publish(layout, KEY, staging) is True
+        old.join(10)
+    new.release()
+    assert results == {"old": "waited"}
+    assert (layout.entry(KEY) / "from-new-holder").exists()
+    assert list(layout.staging.iterdir()) == []
 
 
 def test_rival_published_first_means_hit_and_staging_discarded(layout: Layout) -> None:
@@ -243,7 +329,7 @@ def test_rival_published_first_means_hit_and_staging_discarded(layout: Layout) -
     assert result.outcome == "hit"
     assert (layout.entry(KEY) / "rival-marker").exists()
     assert list(layout.staging.iterdir()) == []
-    assert read_lease(layout, KEY) is None
+    assert read_holder(layout, KEY) is None
 
 
 def test_empty_subpath_folder_is_replaced_and_broken_entry_moved_aside(layout: Layout) -> None:
@@ -259,7 +345,9 @@ def test_empty_subpath_folder_is_replaced_and_broken_entry_moved_aside(layout: L
     Writer()(URI, staging)
     assert publish(layout, other, staging) is True
     assert not (layout.entry(other) / "junk").exists()
-    assert len(list(layout.staging.iterdir())) == 1  # the broken one, for stale cleaning
+    # The broken folder was renamed into .trash, then deleted; nothing is left anywhere.
+    assert list(layout.staging.iterdir()) == []
+    assert list(layout.trash.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -281,7 +369,7 @@ def test_writer_error_cleans_up_and_classifies(layout: Layout, code: int, kind: 
     assert err.value.kind is kind
     assert not layout.entry(KEY).exists()
     assert list(layout.staging.iterdir()) == []
-    assert read_lease(layout, KEY) is None
+    assert read_holder(layout, KEY) is None
 
 
 def test_empty_download_is_not_published(layout: Layout) -> None:
@@ -291,13 +379,14 @@ def test_empty_download_is_not_published(layout: Layout) -> None:
     assert not layout.entry(KEY).exists()
 
 
-def test_clean_stale_keeps_live_and_young_staging(layout: Layout) -> None:
+def test_clean_stale_keeps_held_and_young_staging(layout: Layout) -> None:
     layout.ensure_dirs()
     now = time.time()
     live_key, dead_key, young_key = (cache_key(URI, r) for r in ("a", "b", "c"))
     assert leases.try_acquire(layout, live_key, holder="live") is not None
-    assert leases.try_acquire(layout, dead_key, holder="dead") is not None
-    os.utime(layout.lock(dead_key), (now - 60, now - 60))
+    released = leases.try_acquire(layout, dead_key, holder="done")
+    assert released is not None
+    assert released.release()
     folders = {k: layout.new_staging(k) for k in (live_key, dead_key, young_key)}
     for key, folder in folders.items():
         folder.mkdir()
@@ -309,8 +398,9 @@ def test_clean_stale_keeps_live_and_young_staging(layout: Layout) -> None:
     assert sorted(p.name for p in layout.staging.iterdir()) == sorted(
         [folders[live_key].name, folders[young_key].name, "not-a-staging-folder"]
     )
-    assert read_lease(layout, dead_key) is None
-    assert read_lease(layout, live_key) is not None
+    assert read_holder(layout, dead_key) is None
+    assert read_holder(layout, live_key) is not None
+    assert list(layout.trash.iterdir()) == []
 
 
 def test_seal_materializes_links_and_lists_files(tmp_path: Path) -> None:

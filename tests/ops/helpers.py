@@ -84,11 +84,22 @@ def folder_problems(folder: Path, manifest: Manifest) -> list[str]:
     return problems
 
 
+PROBE_ARTIFACTS = (".probe", ".kserve-cache-probe.json")
+"""The capability probe's scratch folder and record (written once per volume, by design)."""
+
+
 def tree_state(root: Path) -> dict[str, tuple[int, float]]:
-    """Every path under root with size and mtime: equal before and after means nothing changed."""
+    """Every file under root with size and mtime, and every folder: equal before and after
+    means nothing changed. Folder mtimes are left out: reading the volume's clock creates and
+    removes a probe file in `.locks/`, which changes nothing else."""
     return {
-        p.relative_to(root).as_posix(): (p.lstat().st_size, p.lstat().st_mtime)
+        p.relative_to(root).as_posix(): (
+            (0, 0.0)
+            if p.is_dir() and not p.is_symlink()
+            else (p.lstat().st_size, p.lstat().st_mtime)
+        )
         for p in sorted(root.rglob("*"))
+        if p.relative_to(root).parts[0] not in PROBE_ARTIFACTS
     }
 
 

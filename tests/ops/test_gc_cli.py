@@ -21,7 +21,7 @@ from tests.ops.helpers import (
     tree_state,
 )
 from webhook.cache.layout import Layout, list_keys
-from webhook.cache.lease import new_holder_id, try_acquire
+from webhook.cache.lease import new_holder_id, read_holder, try_acquire
 
 
 @pytest.fixture
@@ -214,11 +214,17 @@ def test_live_lease_protects_dead_lease_is_removed(layout: Layout) -> None:
     assert keep[built[11].key] == "leased"
     assert report["plan"]["dead_leases"] == [built[10].key]
     assert report["outcome"]["leases_removed"] == [built[10].key]
-    # Without m11: m10 + m9 + m8 = 30000 >= 28000.
-    assert report["outcome"]["evicted"] == keys(built, 10, 9, 8)
-    assert live.path.exists()
-    assert not dead.path.exists()
-    check_volume(layout, keys(built, *range(8), 11))
+    # A held lease protects its entry even when it looks dead (its breaking comes after).
+    assert keep[built[10].key] == "leased"
+    # 28000 over; m11 and m10 are leased: m9 + m8 + m7 = 27000 is not enough, m6 makes 34000.
+    assert report["outcome"]["evicted"] == keys(built, 9, 8, 7, 6)
+    assert live.is_mine()
+    # Broken by creating the next generation, already released: nothing deleted.
+    assert dead.path.exists()
+    assert dead.superseded()
+    assert read_holder(layout, built[10].key) is None
+    assert read_holder(layout, built[11].key) is not None
+    check_volume(layout, keys(built, *range(6), 10, 11))
 
 
 def test_grace_protects_recent_use(layout: Layout) -> None:

@@ -214,7 +214,12 @@ def test_housekeeping_stale_staging_dead_leases_old_trash() -> None:
             Staging("c-0000000000000003.cccc", "c-0000000000000003", NOW - 10),
             Staging("junk", None, NOW - 600),
         ),
-        leases=(Lease("a-0000000000000001", NOW - 121), Lease("b-0000000000000002", NOW - 5)),
+        # Dead after TTL + margin (1.25 x 120 = 150 s) without a rewrite.
+        leases=(
+            Lease("a-0000000000000001", NOW - 151),
+            Lease("b-0000000000000002", NOW - 5),
+            Lease("c-0000000000000003", NOW - 149),
+        ),
         trash=(Trash("x-0000000000000009.1.ab", NOW - 600), Trash("y.2.cd", NOW - 5)),
     )
     plan = plan_gc(snapshot, budget=Budget(lease_ttl=120), now=NOW, in_use=None)

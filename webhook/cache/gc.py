@@ -20,13 +20,29 @@ from typing import Any, Final
 
 from webhook.cache.layout import (
     Layout,
+    UnreadableRecord,
+    Usage,
     list_keys,
-    read_lease,
     read_manifest,
-    read_usage,
+    read_usage_checked,
+    remove_tree,
 )
-from webhook.cache.lease import break_if_stale
+from webhook.cache.lease import (
+    RETIRE_AFTER_TTLS,
+    break_dead,
+    dead_after,
+    generations,
+    list_leases,
+    new_holder_id,
+    read_current,
+    read_holder,
+    read_view,
+    retire,
+    volume_now,
+)
 from webhook.keys import is_valid_key
+
+__all__ = ["remove_tree"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +105,8 @@ class Entry:
     last_used: float
     leased: bool = False
     valid: bool = True
+    usage_unreadable: bool = False
+    """Its usage record exists but could not be read: treated as in use, never as unused."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,8 @@ class Staging:
 
 @dataclass(frozen=True)
 class Lease:
+    """A held lease and its last rewrite, on the local clock (corrected by the volume's)."""
+
     key: str
     heartbeat: float
 
@@ -263,7 +283,9 @@ def plan_gc(
             s.name for s in snapshot.staging if not s.leased and now - s.modified > budget.lease_ttl
         ),
         dead_leases=tuple(
-            lease.key for lease in snapshot.leases if now - lease.heartbeat > budget.lease_ttl
+            lease.key
+            for lease in snapshot.leases
+            if now - lease.heartbeat > dead_after(budget.lease_ttl)
         ),
         old_trash=tuple(t.name for t in snapshot.trash if now - t.stamp > budget.lease_ttl),
         bytes_before=total,
@@ -279,6 +301,8 @@ def _protection(entry: Entry, *, budget: Budget, now: float, in_use: frozenset[s
         return "keep:in-use"
     if entry.leased:
         return "keep:leased"
+    if entry.usage_unreadable:
+        return "keep:usage-unreadable"
     if now - entry.last_used < budget.grace:
         return "keep:grace"
     return ""
@@ -360,12 +384,25 @@ def read_filesystem(path: Path) -> Filesystem:
     )
 
 
-def scan(layout: Layout, *, now: float, lease_ttl: float) -> Snapshot:
-    """Read entries, staging folders, leases and trash from the volume (no changes)."""
+def scan(layout: Layout, *, now: float, lease_ttl: float) -> Snapshot:  # noqa: ARG001
+    """Read entries, staging folders, leases and trash from the volume (no changes but a
+    probe file that reads the volume's clock).
+
+    Conservative on shared storage: a usage record that exists but cannot be read or parsed
+    (another node's write seen through a cache, ESTALE) counts as a use now; a held lease
+    protects its entry however old it looks. File times are put on the local clock by the
+    volume's own (`volume_now`), never compared with the local clock directly.
+    """
+    skew = volume_now(layout) - time.time() if layout.root.is_dir() else 0.0
     entries = []
     for key in list_keys(layout):
         manifest = read_manifest(layout, key)
-        usage = read_usage(layout, key)
+        unreadable = False
+        try:
+            usage = read_usage_checked(layout, key)
+        except UnreadableRecord as exc:
+            logger.warning("%s: counting %s as in use now", exc, key)
+            usage, unreadable = Usage(key=key, last_used=now), True
         try:
             if manifest is not None:
                 size, created, valid = manifest.bytes, manifest.created_at, True
@@ -379,31 +416,31 @@ def scan(layout: Layout, *, now: float, lease_ttl: float) -> Snapshot:
             continue  # evicted or replaced while we looked
         # A fresh entry counts as used when it was published, even if an older usage
         # record of the same key (from before an eviction) says otherwise.
-        last_used = max(created, usage.last_used if usage else 0.0)
-        lease = read_lease(layout, key)
-        leased = lease is not None and lease.is_live(ttl=lease_ttl, now=now)
-        entries.append(Entry(key, size, last_used, leased=leased, valid=valid))
+        last_used = max(created - skew, usage.last_used if usage else 0.0)
+        leased = read_holder(layout, key) is not None
+        entries.append(
+            Entry(key, size, last_used, leased=leased, valid=valid, usage_unreadable=unreadable)
+        )
 
     staging = []
     for path in _children(layout.staging):
         owner = _key_prefix(path.name)
-        held = read_lease(layout, owner) if owner else None
+        held = read_holder(layout, owner) if owner else None
         with contextlib.suppress(FileNotFoundError):
-            live = held is not None and held.is_live(ttl=lease_ttl, now=now)
-            staging.append(Staging(path.name, owner, _newest_mtime(path), leased=live))
+            modified = _newest_mtime(path) - skew
+            staging.append(Staging(path.name, owner, modified, leased=held is not None))
 
-    leases = []
-    for path in _children(layout.locks):
-        if is_valid_key(path.name):
-            lease = read_lease(layout, path.name)
-            if lease is not None:
-                leases.append(Lease(path.name, lease.heartbeat))
+    leases = [
+        Lease(view.key, view.mtime - skew)
+        for view in list_leases(layout)
+        if view.held and view.signature is not None
+    ]
 
     trash = []
     for path in _children(layout.trash):
         parts = path.name.rsplit(".", 2)
         try:
-            stamp = float(parts[1]) if len(parts) == 3 else _mtime(path)
+            stamp = float(parts[1]) if len(parts) == 3 else _mtime(path) - skew
         except (ValueError, FileNotFoundError):
             stamp = 0.0
         trash.append(Trash(path.name, stamp))
@@ -452,26 +489,6 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a folder, tolerating another process deleting the same folder at the same time."""
-    if not path.exists():
-        return
-    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
-        for name in filenames:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(dirpath, name))  # noqa: PTH108, PTH118
-        for name in dirnames:
-            sub = os.path.join(dirpath, name)  # noqa: PTH118
-            if os.path.islink(sub):  # noqa: PTH114
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(sub)  # noqa: PTH108
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.rmdir(sub)  # noqa: PTH106
-    with contextlib.suppress(FileNotFoundError):
-        path.rmdir()
-
-
 @dataclass
 class Outcome:
     """What an executed plan did; `skipped` maps a key to why it was left after all."""
@@ -481,6 +498,7 @@ class Outcome:
     skipped: dict[str, str] = field(default_factory=dict)
     staging_removed: list[str] = field(default_factory=list)
     leases_removed: list[str] = field(default_factory=list)
+    generations_retired: int = 0
     trash_removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -491,6 +509,7 @@ class Outcome:
             "skipped": self.skipped,
             "staging_removed": self.staging_removed,
             "leases_removed": self.leases_removed,
+            "generations_retired": self.generations_retired,
             "trash_removed": self.trash_removed,
             "errors": self.errors,
         }
@@ -519,20 +538,60 @@ def execute(
     for name in plan.stale_staging:
         _remove_staging(layout, name, budget=budget, clock=clock, outcome=outcome)
     for key in plan.dead_leases:
-        # The fetchers' own protocol: renamed to a tombstone, linked back if it changed hands.
-        if break_if_stale(layout, key, ttl=budget.lease_ttl, now=clock()):
+        if _break_if_dead(layout, key, budget=budget):
             outcome.leases_removed.append(key)
+    outcome.generations_retired = retire_superseded(layout, ttl=budget.lease_ttl)
     for name in plan.old_trash:
         remove_tree(layout.trash / name)
         outcome.trash_removed.append(name)
     return outcome
 
 
+def _break_if_dead(layout: Layout, key: str, *, budget: Budget) -> bool:
+    """Break a held lease still unchanged and older than TTL + margin by the volume's clock.
+
+    Breaking creates the next generation, already released: nothing is deleted, the holder
+    (if alive after all) stops, and the next fetcher takes the lease at once.
+    """
+    view = read_current(layout, key)
+    if view is None or not view.held or view.signature is None:
+        return False
+    if volume_now(layout) - view.mtime <= dead_after(budget.lease_ttl):
+        return False
+    return break_dead(layout, view, by=f"gc/{new_holder_id()}")
+
+
+def retire_superseded(layout: Layout, *, ttl: float) -> int:
+    """Remove lease generations older than the newest of their key and RETIRE_AFTER_TTLS TTLs
+    old (volume clock); the newest generation stays, so a generation number is never reused.
+    Also removes tombstones and temporary files left by killed processes."""
+    keys: set[str] = set()
+    now = volume_now(layout)
+    retired = 0
+    for path in _children(layout.locks):
+        if path.name.startswith("."):
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.lstat().st_mtime > ttl * RETIRE_AFTER_TTLS:
+                    path.unlink()
+            continue
+        key = path.name if is_valid_key(path.name) else _key_prefix(path.name)
+        if key is not None:
+            keys.add(key)
+    for key in sorted(keys):
+        for gen in generations(layout, key)[:-1]:
+            view = read_view(layout, key, gen)
+            if view is not None and now - view.mtime > ttl * RETIRE_AFTER_TTLS:
+                retired += retire(layout, key, gen)
+    return retired
+
+
 def _busy(layout: Layout, key: str, *, budget: Budget, now: float) -> str:
-    lease = read_lease(layout, key)
-    if lease is not None and lease.is_live(ttl=budget.lease_ttl, now=now):
+    if read_holder(layout, key) is not None:
         return "leased"
-    usage = read_usage(layout, key)
+    try:
+        usage = read_usage_checked(layout, key)
+    except UnreadableRecord:
+        return "usage-unreadable"
     if usage is not None and now - usage.last_used < budget.grace:
         return "used-since-plan"
     return ""
@@ -547,8 +606,12 @@ def _evict_one(
     outcome: Outcome,
 ) -> None:
     key = decision.key
-    before = read_usage(layout, key)
-    seen = before.last_used if before else 0.0
+    try:
+        before = read_usage_checked(layout, key)
+    except UnreadableRecord:
+        outcome.skipped[key] = "usage-unreadable"
+        return
+    seen = max(decision.last_used, before.last_used if before else 0.0)
     busy = _busy(layout, key, budget=budget, now=clock())
     if busy:
         outcome.skipped[key] = busy
@@ -561,9 +624,15 @@ def _evict_one(
     except FileNotFoundError:
         outcome.skipped[key] = "gone"  # another gc got there first
         return
-    after = read_usage(layout, key)
-    if after is not None and after.last_used > seen and decision.reason != "invalid":
-        # A fetch found the entry between our check and the rename: put it back whole.
+    # The final check, after the rename: re-read the record with open/read (close-to-open
+    # consistency on NFS). A use newer than the plan, or a record we cannot read, means a
+    # fetch found the entry between our check and the rename: put it back whole.
+    try:
+        after = read_usage_checked(layout, key)
+        used = after is not None and after.last_used > seen
+    except UnreadableRecord:
+        used = True
+    if used and decision.reason != "invalid":
         try:
             trash.rename(source)
         except OSError as exc:
@@ -580,14 +649,17 @@ def _evict_one(
 
 
 def _remove_staging(
-    layout: Layout, name: str, *, budget: Budget, clock: Callable[[], float], outcome: Outcome
+    layout: Layout,
+    name: str,
+    *,
+    budget: Budget,  # noqa: ARG001 (the same signature as the other steps)
+    clock: Callable[[], float],
+    outcome: Outcome,
 ) -> None:
     key = _key_prefix(name)
-    if key is not None:
-        lease = read_lease(layout, key)
-        if lease is not None and lease.is_live(ttl=budget.lease_ttl, now=clock()):
-            outcome.skipped[name] = "leased"
-            return
+    if key is not None and read_holder(layout, key) is not None:
+        outcome.skipped[name] = "leased"
+        return
     # Renamed first, so a slow downloader can never publish a folder we are deleting.
     trash = layout.new_trash(key, now=clock()) if key else layout.trash / f"{name}.{int(clock())}.x"
     trash.parent.mkdir(exist_ok=True)

@@ -3,17 +3,21 @@
 <root>/models/<key>/                    published entry, immutable
 <root>/models/<key>/.kserve-cache.json  manifest, written before publishing
 <root>/.staging/<key>.<random>/         download in progress (never served)
-<root>/.locks/<key>                     single-flight lease
+<root>/.locks/<key>.<gen>               single-flight lease, one file per generation
 <root>/.usage/<key>                     last use and hit/miss counts (JSON)
-<root>/.trash/<key>.<time>.<random>/    an entry gc renamed out of models/ and is deleting
+<root>/.progress/<key>                  the lease holder's download progress (JSON)
+<root>/.trash/<name>.<time>.<random>/   an entry or staging folder renamed aside, being deleted
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -49,6 +53,13 @@ class Layout:
     def usage(self) -> Path:
         return self.root / ".usage"
 
+    @property
+    def progress(self) -> Path:
+        return self.root / ".progress"
+
+    def progress_file(self, key: str) -> Path:
+        return self.progress / _checked(key)
+
     def entry(self, key: str) -> Path:
         return self.models / _checked(key)
 
@@ -74,8 +85,53 @@ class Layout:
         return self.trash / f"{_checked(key)}.{int(now)}.{secrets.token_hex(6)}"
 
     def ensure_dirs(self) -> None:
-        for path in (self.models, self.staging, self.locks, self.usage):
+        """Create the layout's folders (fetch refuses a missing root before calling this)."""
+        for path in (self.models, self.staging, self.locks, self.usage, self.trash):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def discard(layout: Layout, path: Path, *, key: str | None = None) -> bool:
+    """Remove a folder someone may publish or read: rename it into `.trash/` (atomic: a rival
+    renaming the same folder, to publish it say, wins or loses as a whole), then delete it.
+
+    False when the folder was gone already (the rival won).
+    """
+    name = key if key is not None else (staging_key(path.name) or "x")
+    trash = layout.trash / f"{name}.{int(time.time())}.{secrets.token_hex(6)}"
+    layout.trash.mkdir(exist_ok=True)
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return False
+    remove_tree(trash)
+    return True
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder, tolerating another process deleting the same folder at the same time.
+
+    A symlink is removed itself, never what it points to.
+    """
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    if not path.exists():
+        return
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(dirpath, name))  # noqa: PTH108, PTH118
+        for name in dirnames:
+            sub = os.path.join(dirpath, name)  # noqa: PTH118
+            if os.path.islink(sub):  # noqa: PTH114
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(sub)  # noqa: PTH108
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rmdir(sub)  # noqa: PTH106
+    with contextlib.suppress(FileNotFoundError):
+        path.rmdir()
 
 
 def list_keys(layout: Layout) -> list[str]:
@@ -109,11 +165,15 @@ class Manifest:
     created_at: float
     download_seconds: float
     version: int = MANIFEST_VERSION
+    endpoint: str | None = None
+    """The source endpoint the downloader used (`source_endpoint`); None in older manifests."""
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """Further top-level fields (digest, fingerprint...), kept as they are; never override."""
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = {k: v for k, v in asdict(self).items() if k != "extra"}
         data["files"] = [asdict(f) for f in self.files]
-        return json.dumps(data, sort_keys=True, indent=1)
+        return json.dumps({**dict(self.extra), **data}, sort_keys=True, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
@@ -131,9 +191,17 @@ class Manifest:
                 created_at=float(data["created_at"]),
                 download_seconds=float(data["download_seconds"]),
                 version=int(data.get("version", MANIFEST_VERSION)),
+                endpoint=None if data.get("endpoint") is None else str(data["endpoint"]),
+                extra={k: v for k, v in data.items() if k not in _MANIFEST_FIELDS},
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise LayoutError(f"invalid manifest: {exc}") from exc
+
+
+_MANIFEST_FIELDS: Final = frozenset(
+    {"uri", "revision", "key", "files", "bytes", "created_at", "download_seconds", "version",
+     "endpoint"}
+)  # fmt: skip
 
 
 def read_manifest(layout: Layout, key: str) -> Manifest | None:
@@ -143,6 +211,41 @@ def read_manifest(layout: Layout, key: str) -> Manifest | None:
     except (OSError, LayoutError):
         return None
     return manifest if manifest.key == key else None
+
+
+def verify_entry_sizes(path: Path, manifest: Manifest) -> list[str]:
+    """What is wrong with the entry at `path` against its manifest; empty when every listed
+    file is there as a regular file of the listed size. One stat per file, nothing is read.
+    """
+    problems: list[str] = []
+    total = 0
+    for item in manifest.files:
+        rel = Path(item.path)
+        if rel.is_absolute() or ".." in rel.parts or not item.path:
+            problems.append(f"{item.path}: a path outside the entry")
+            continue
+        try:
+            st = (path / rel).stat()
+        except FileNotFoundError:
+            problems.append(f"{item.path}: missing")
+            continue
+        except OSError as exc:
+            problems.append(f"{item.path}: {exc.strerror}")
+            continue
+        if not _is_regular(st.st_mode):
+            problems.append(f"{item.path}: not a regular file")
+        elif st.st_size != item.size:
+            problems.append(f"{item.path}: {st.st_size} bytes, the manifest says {item.size}")
+        total += item.size
+    if total != manifest.bytes and not problems:
+        problems.append(f"the manifest's files add up to {total} bytes, not {manifest.bytes}")
+    return problems
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
 
 
 @dataclass
@@ -167,11 +270,36 @@ class Usage:
         )
 
 
+class UnreadableRecord(OSError):
+    """A record that exists but cannot be read or parsed (a torn read, ESTALE, EIO)."""
+
+
 def read_usage(layout: Layout, key: str) -> Usage | None:
+    """The usage record, or None when absent or unreadable (for figures, never for eviction)."""
     try:
-        return Usage.from_json(key, layout.usage_file(key).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+        return read_usage_checked(layout, key)
+    except UnreadableRecord:
         return None
+
+
+def read_usage_checked(layout: Layout, key: str) -> Usage | None:
+    """The usage record read with open/read; None when there is none.
+
+    Raises UnreadableRecord when it exists but cannot be read or parsed: gc must then treat
+    the entry as in use, never as unused.
+    """
+    path = layout.usage_file(key)
+    try:
+        with path.open("rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UnreadableRecord(exc.errno, f"usage record unreadable: {exc}", str(path)) from exc
+    try:
+        return Usage.from_json(key, raw.decode("utf-8"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UnreadableRecord(errno.EIO, f"usage record unparsable: {exc}", str(path)) from exc
 
 
 def record_usage(layout: Layout, key: str, outcome: str, *, now: float | None = None) -> Usage:
@@ -204,33 +332,6 @@ def record_usage(layout: Layout, key: str, outcome: str, *, now: float | None = 
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return usage
-
-
-@dataclass(frozen=True)
-class LeaseInfo:
-    """A lease file: who holds it (JSON inside) and its last heartbeat (the file's mtime)."""
-
-    holder: str
-    created: float
-    heartbeat: float
-
-    def is_live(self, *, ttl: float, now: float | None = None) -> bool:
-        return ((time.time() if now is None else now) - self.heartbeat) <= ttl
-
-
-def read_lease(layout: Layout, key: str) -> LeaseInfo | None:
-    """The lease on `key`, or None when nobody holds it. A garbled lease still counts as held."""
-    path = layout.lock(key)
-    try:
-        heartbeat = path.stat().st_mtime
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return None
-    try:
-        data = json.loads(text)
-        return LeaseInfo(str(data["holder"]), float(data["created"]), heartbeat)
-    except (ValueError, KeyError, TypeError):
-        return LeaseInfo("<unreadable>", heartbeat, heartbeat)
 
 
 def staging_key(name: str) -> str | None:

@@ -1,7 +1,11 @@
-"""Single-flight lease on a cache key: `.locks/<key>` created with O_EXCL, heartbeat by mtime.
+"""Single-flight lease on a cache key that is never broken while alive, for shared filesystems.
 
-A waiter breaks a lease whose heartbeat is older than the TTL by renaming it to a unique
-tombstone name: only one rename of the same file succeeds, so two waiters never both take over.
+A lease is a series of generation files `.locks/<key>.<gen>`; the highest generation present is
+the lease. Its holder rewrites it (a beat counter inside) every TTL/4. A waiter judges it dead
+only on its own monotonic clock, after seeing no change in the file's content for TTL + margin;
+it takes over by creating generation gen+1 with O_EXCL, which exactly one process can do. A
+holder that sees a newer generation stops. Lease files are never deleted by fetchers (release
+marks the file `released`), so a generation name is never reused. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -15,12 +19,26 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-from webhook.cache.layout import Layout, read_lease
+from webhook.cache.layout import Layout
+from webhook.keys import is_valid_key
 
 logger = logging.getLogger(__name__)
+
+BEATS_PER_TTL: Final = 4
+"""The holder rewrites its lease TTL/4 seconds apart."""
+MARGIN_FRACTION: Final = 0.25
+"""A waiter declares a lease dead after TTL * (1 + MARGIN_FRACTION) without an observed change."""
+RETIRE_AFTER_TTLS: Final = 10
+"""gc removes a superseded generation only when it is this many TTLs old (volume clock)."""
+
+HELD: Final = "held"
+RELEASED: Final = "released"
+UNREADABLE: Final = "unreadable"
 
 
 def new_holder_id() -> str:
@@ -28,166 +46,346 @@ def new_holder_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
+def dead_after(ttl: float) -> float:
+    """Seconds without an observed change after which a waiter may take a lease over."""
+    return ttl * (1.0 + MARGIN_FRACTION)
+
+
+def lease_path(layout: Layout, key: str, gen: int) -> Path:
+    """`.locks/<key>.<gen>`; generation 0 is the `.locks/<key>` file of earlier releases."""
+    layout.lock(key)  # validates the key
+    return layout.locks / (key if gen == 0 else f"{key}.{gen}")
+
+
+def parse_lease_name(name: str) -> tuple[str, int] | None:
+    """(key, generation) of a lease file name, or None for tombstones and other names."""
+    if is_valid_key(name):
+        return name, 0
+    key, dot, gen = name.rpartition(".")
+    if dot and gen.isdigit() and len(gen) <= 12 and is_valid_key(key):
+        return key, int(gen)
+    return None
+
+
 @dataclass(frozen=True)
-class Lease:
-    """A lease this process created; the unique `holder` id tells it apart from a later one.
+class LeaseView:
+    """What a reader saw of a key's lease: its highest generation, read with open/read."""
 
-    (Not the inode: a deleted lease's inode number is reused at once by the next lease.)
-    """
-
-    layout: Layout
     key: str
+    gen: int
     holder: str
+    state: str  # HELD, RELEASED or UNREADABLE (unreadable counts as held)
+    beat: int
+    mtime: float
+    signature: bytes | None  # what changes when the holder beats; None when unreadable
 
     @property
-    def path(self) -> Path:
-        return self.layout.lock(self.key)
-
-    def is_mine(self) -> bool:
-        """True while the lease file on the volume is still the one this process created."""
-        try:
-            return _holder_of(self.path.read_text(encoding="utf-8")) == self.holder
-        except FileNotFoundError:
-            return False
-
-    def touch(self) -> bool:
-        """Refresh the heartbeat; False when the lease was taken from us."""
-        if not self.is_mine():
-            return False
-        try:
-            os.utime(self.path)
-        except FileNotFoundError:
-            return False
-        return True
+    def held(self) -> bool:
+        return self.state != RELEASED
 
 
-def try_acquire(layout: Layout, key: str, *, holder: str, now: float | None = None) -> Lease | None:
-    """Create the lease with O_EXCL; None when somebody else holds it.
+def generations(layout: Layout, key: str) -> list[int]:
+    """The generations of `key` present, ascending: a listing, then probes by name upward.
 
-    Raises OSError for anything but "already exists" (a read-only or full volume).
+    The probes catch a generation a cached directory listing does not show yet.
     """
-    path = layout.lock(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f"{key}."
+    found: set[int] = set()
+    try:
+        with os.scandir(layout.locks) as it:
+            for item in it:
+                if item.name == key or item.name.startswith(prefix):
+                    parsed = parse_lease_name(item.name)
+                    if parsed is not None and parsed[0] == key:
+                        found.add(parsed[1])
+    except FileNotFoundError:
+        return []
+    gen = max(found, default=0) + 1
+    while lease_path(layout, key, gen).exists():
+        found.add(gen)
+        gen += 1
+    return sorted(found)
+
+
+def read_view(layout: Layout, key: str, gen: int) -> LeaseView | None:
+    """One generation's file, read with open/read (close-to-open consistency on NFS)."""
+    path = lease_path(layout, key, gen)
+    try:
+        with path.open("rb") as f:
+            raw = f.read()
+            mtime = os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ESTALE, EIO: we cannot tell, so it is held and unchanged
+        logger.debug("lease %s unreadable: %s", path, exc)
+        return LeaseView(key, gen, "<unreadable>", UNREADABLE, -1, 0.0, None)
+    try:
+        data = json.loads(raw)
+        holder = str(data["holder"])
+        state = RELEASED if data.get("state") == RELEASED else HELD
+        beat = int(data.get("beat", 0))
+    except (ValueError, KeyError, TypeError):
+        return LeaseView(key, gen, "<unreadable>", UNREADABLE, -1, mtime, None)
+    # Earlier releases beat by mtime, not content: for them the mtime is part of the change.
+    signature = raw + (str(mtime).encode() if gen == 0 else b"")
+    return LeaseView(key, gen, holder, state, beat, mtime, signature)
+
+
+def read_current(layout: Layout, key: str) -> LeaseView | None:
+    """The lease on `key` (its highest generation), or None when there never was one."""
+    for _ in range(3):
+        gens = generations(layout, key)
+        if not gens:
+            return None
+        view = read_view(layout, key, gens[-1])
+        if view is not None:
+            return view
+        # Retired between the listing and the read (gc, old generations only): look again.
+    return None
+
+
+def read_holder(layout: Layout, key: str) -> LeaseView | None:
+    """The lease on `key` when someone holds it (held or unreadable), else None."""
+    view = read_current(layout, key)
+    return view if view is not None and view.held else None
+
+
+def _body(holder: str, *, gen: int, beat: int, state: str) -> bytes:
+    return json.dumps(
+        {"holder": holder, "gen": gen, "beat": beat, "state": state, "wall": time.time()},
+        sort_keys=True,
+    ).encode()
+
+
+def _create_exclusive(path: Path, body: bytes) -> bool:
+    """Create `path` with O_EXCL holding `body`; False when it exists (a lost race)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        return None
-    try:
-        body = json.dumps({"holder": holder, "created": time.time() if now is None else now})
-        os.write(fd, body.encode())
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    os.close(fd)
-    logger.debug("lease %s taken by %s", key, holder)
-    return Lease(layout=layout, key=key, holder=holder)
-
-
-def _tombstone(layout: Layout, key: str) -> Path:
-    # Starts with a dot and holds dots: never a valid key, so no reader takes it for a lease.
-    return layout.locks / f".{key}.{secrets.token_hex(6)}.dead"
-
-
-def break_if_stale(layout: Layout, key: str, *, ttl: float, now: float | None = None) -> bool:
-    """Remove the lease on `key` when its heartbeat is older than `ttl`; True when this call did.
-
-    The stale file is renamed to a tombstone first. If, between our look and our rename, the
-    holder changed (another waiter already took over), the file we moved is a live lease: it
-    is linked back (atomic, fails if a third lease appeared) and we report False.
-    """
-    info = read_lease(layout, key)
-    if info is None or info.is_live(ttl=ttl, now=now):
         return False
-    path = layout.lock(key)
-    tomb = _tombstone(layout, key)
-    try:
-        path.rename(tomb)
-    except FileNotFoundError:
-        return False  # somebody else broke or released it first
-    try:
-        moved = tomb.stat()
-        text = tomb.read_text(encoding="utf-8")
-        stale = (time.time() if now is None else now) - moved.st_mtime > ttl
-        same = stale and _holder_of(text) == info.holder
-        if not same:
-            with contextlib.suppress(FileExistsError):
-                os.link(tomb, path)
-            logger.info("lease %s changed hands while breaking it; left in place", key)
+    except PermissionError:
+        # sshfs and some FUSE backends answer a lost exclusive create with EPERM/EACCES.
+        if path.exists():
             return False
+        raise
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tomb.unlink()
-    logger.warning(
-        "broke stale lease %s of %s (heartbeat %.1fs old)",
-        key,
-        info.holder,
-        (time.time() if now is None else now) - info.heartbeat,
-    )
+        os.close(fd)
     return True
 
 
-def _holder_of(text: str) -> str:
+def _replace(path: Path, body: bytes) -> None:
+    """Replace the content of a lease file atomically (write aside, rename over)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        return str(json.loads(text)["holder"])
-    except (ValueError, KeyError, TypeError):
-        return "<unreadable>"
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class Lease:
+    """Generation `gen` of the lease on `key`, created by this process."""
+
+    def __init__(self, layout: Layout, key: str, *, holder: str, gen: int) -> None:
+        self.layout = layout
+        self.key = key
+        self.holder = holder
+        self.gen = gen
+        self.beat = 0
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return lease_path(self.layout, self.key, self.gen)
+
+    def superseded(self) -> bool:
+        """True when a newer generation exists: someone took the lease over."""
+        return any(g > self.gen for g in generations(self.layout, self.key))
+
+    def is_mine(self) -> bool:
+        """True while our generation is the newest and still says we hold it."""
+        view = read_view(self.layout, self.key, self.gen)
+        if view is None or view.holder != self.holder or view.state != HELD:
+            return False
+        return not self.superseded()
+
+    def touch(self) -> bool:
+        """One heartbeat: rewrite the lease with the next beat; False when it is not ours."""
+        with self._lock:
+            if not self.is_mine():
+                return False
+            self.beat += 1
+            _replace(self.path, _body(self.holder, gen=self.gen, beat=self.beat, state=HELD))
+            return True
+
+    def release(self) -> bool:
+        """Mark the lease released (never deleted); False when it was no longer ours."""
+        with self._lock:
+            if not self.is_mine():
+                logger.warning(
+                    "lease %s (gen %d) was no longer ours at release", self.key, self.gen
+                )
+                return False
+            self.beat += 1
+            _replace(self.path, _body(self.holder, gen=self.gen, beat=self.beat, state=RELEASED))
+        logger.debug("lease %s gen %d released by %s", self.key, self.gen, self.holder)
+        return True
+
+
+def try_acquire(
+    layout: Layout, key: str, *, holder: str, after: LeaseView | None = None
+) -> Lease | None:
+    """Take the lease by creating the generation after `after`; None when someone else did.
+
+    `after` is the generation the caller saw released, or watched dead for TTL + margin. Without
+    it, the lease is taken only if it is free now. Raises OSError for anything but a lost race.
+    """
+    layout.locks.mkdir(parents=True, exist_ok=True)
+    if after is None:
+        current = read_current(layout, key)
+        if current is not None and current.held:
+            return None
+        gen = (current.gen if current else 0) + 1
+    else:
+        gen = after.gen + 1
+    path = lease_path(layout, key, gen)
+    if not _create_exclusive(path, _body(holder, gen=gen, beat=0, state=HELD)):
+        return None
+    lease = Lease(layout, key, holder=holder, gen=gen)
+    if lease.superseded():
+        # Our view was stale by more than one generation: the newer one is the lease.
+        with contextlib.suppress(OSError):
+            _replace(path, _body(holder, gen=gen, beat=1, state=RELEASED))
+        return None
+    logger.debug("lease %s gen %d taken by %s", key, gen, holder)
+    return lease
 
 
 def release(lease: Lease) -> bool:
-    """Remove the lease if it is still ours (moved aside first, so we never delete a rival's)."""
-    tomb = _tombstone(lease.layout, lease.key)
+    return lease.release()
+
+
+class Watch:
+    """A waiter's judgment of a lease, on its own monotonic clock.
+
+    `look(view)` says `free` (no lease or released), `held`, or `dead`: the same generation with
+    the same content for longer than TTL + margin. An unreadable lease is held and unchanged.
+    """
+
+    def __init__(self, *, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = dead_after(ttl)
+        self._clock = clock
+        self._seen: tuple[int, bytes | None] | None = None
+        self._since = 0.0
+
+    def look(self, view: LeaseView | None) -> str:
+        if view is None or not view.held:
+            return "free"
+        now = self._clock()
+        mark = (view.gen, view.signature)
+        if (
+            self._seen is None
+            or mark[0] != self._seen[0]
+            or (mark[1] is not None and mark[1] != self._seen[1])
+        ):
+            self._seen, self._since = mark, now
+            return "held"
+        return "dead" if now - self._since > self.limit else "held"
+
+    def unchanged_for(self) -> float:
+        return self._clock() - self._since if self._seen is not None else 0.0
+
+
+def volume_now(layout: Layout) -> float:
+    """The volume's own clock: the mtime of a file created now (the server sets it on NFS).
+
+    Used only where a one-shot process (gc) must judge an age; falls back to local time.
+    """
+    probe = layout.locks / f".clock.{secrets.token_hex(6)}"
     try:
-        lease.path.rename(tomb)
-    except FileNotFoundError:
+        layout.locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            stamp = os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    except OSError:
+        return time.time()
+    return stamp
+
+
+def break_dead(layout: Layout, view: LeaseView, *, by: str) -> bool:
+    """Break a lease judged dead by creating the next generation already released.
+
+    The holder of `view`, if it is alive after all, sees the newer generation and stops; no
+    lease file is removed, so no third process can slip in. True when this call broke it.
+    """
+    gen = view.gen + 1
+    path = lease_path(layout, view.key, gen)
+    if not _create_exclusive(path, _body(by, gen=gen, beat=0, state=RELEASED)):
         return False
-    try:
-        if _holder_of(tomb.read_text(encoding="utf-8")) != lease.holder:
-            with contextlib.suppress(FileExistsError):
-                os.link(tomb, lease.path)
-            logger.warning("lease %s was no longer ours at release", lease.key)
-            return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tomb.unlink()
-    logger.debug("lease %s released by %s", lease.key, lease.holder)
+    logger.warning("broke lease %s gen %d of %s", view.key, view.gen, view.holder)
     return True
 
 
-def clean_dead_leases(layout: Layout, *, ttl: float, now: float | None = None) -> int:
-    """Break every lease whose heartbeat is older than `ttl`; remove old tombstones."""
-    count = 0
+def retire(layout: Layout, key: str, gen: int) -> bool:
+    """Remove a superseded generation: renamed to a tombstone (atomic), then deleted."""
+    path = lease_path(layout, key, gen)
+    tomb = layout.locks / f".{path.name}.{secrets.token_hex(6)}.dead"
     try:
-        names = [p.name for p in layout.locks.iterdir()]
+        path.rename(tomb)
     except FileNotFoundError:
-        return 0
-    clock = time.time() if now is None else now
-    for name in names:
-        path = layout.locks / name
-        if name.startswith("."):
-            # A tombstone left by a process killed between its rename and its unlink.
-            try:
-                if clock - path.stat().st_mtime > ttl:
-                    path.unlink()
-            except FileNotFoundError:
-                pass
-            continue
-        try:
-            if break_if_stale(layout, name, ttl=ttl, now=now):
-                count += 1
-        except ValueError:
-            logger.debug("ignoring %s in %s: not a key", name, layout.locks)
-    return count
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        tomb.unlink()
+    return True
+
+
+def list_leases(layout: Layout) -> list[LeaseView]:
+    """The current lease of every key that has one, held or released, sorted by key."""
+    keys: set[str] = set()
+    try:
+        with os.scandir(layout.locks) as it:
+            for item in it:
+                parsed = parse_lease_name(item.name)
+                if parsed is not None:
+                    keys.add(parsed[0])
+    except FileNotFoundError:
+        return []
+    views = [read_current(layout, key) for key in sorted(keys)]
+    return [v for v in views if v is not None]
+
+
+def superseded_generations(layout: Layout, key: str) -> list[int]:
+    gens = generations(layout, key)
+    return gens[:-1]
 
 
 class Heartbeat:
-    """A daemon thread refreshing the lease mtime every `interval` seconds until stopped."""
+    """A daemon thread rewriting the lease every `interval` seconds until stopped.
 
-    def __init__(self, lease: Lease, *, interval: float) -> None:
+    When the lease is superseded (a waiter judged us dead), `lost` is set and `on_lost` runs:
+    the holder must stop, not finish.
+    """
+
+    def __init__(
+        self, lease: Lease, *, interval: float, on_lost: Callable[[], None] | None = None
+    ) -> None:
         self._lease = lease
         self._interval = interval
+        self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{lease.key}", daemon=True
@@ -199,19 +397,27 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop beating at once (a stalled download must let a waiter take over)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
                 alive = self._lease.touch()
             except OSError as exc:
-                if exc.errno in (errno.EROFS, errno.EACCES):
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.ENOSPC):
                     logger.error("cannot refresh lease %s: %s", self._lease.key, exc)
                 continue
             if not alive and not self.lost:
-                # Publishing stays safe (one atomic rename wins); only the single-flight
-                # saving is lost, so we keep going rather than throw the download away.
                 self.lost = True
-                logger.warning("lease %s was taken over; finishing anyway", self._lease.key)
+                logger.warning(
+                    "lease %s (gen %d) was taken over: stopping", self._lease.key, self._lease.gen
+                )
+                if self._on_lost is not None:
+                    self._on_lost()
+                return

@@ -20,6 +20,7 @@ from tests.cache.conftest import BUCKET, REGION, S3, s3
 
 from . import faultfs as ff
 from . import gluster as g
+from . import procs
 
 __all__ = ["s3"]
 
@@ -34,6 +35,12 @@ NETFS_MODELS = {
     "big/tokenizer.json": b'{"vocab": 3}\n',
     "big/extra.bin": os.urandom(4 << 20),
 }
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    yield
+    procs.reap_all()
 
 
 def unavailable(reason: str) -> None:

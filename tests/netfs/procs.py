@@ -19,6 +19,7 @@ from tests.cache.conftest import CLI, Run, fetch_args
 
 PAUSE_ENV = "KSERVE_CACHE_TEST_PAUSE_AT"
 PAUSE_LINE = "pausing"  # what the PAUSE hook logs when it starts to sleep
+STARTED: list[Proc] = []  # every process spawned, so the test teardown can reap them
 
 
 @dataclass
@@ -78,16 +79,32 @@ class Proc:
             self.popen.communicate()
             raise
         lines = [ln for ln in stdout.splitlines() if ln.strip()]
-        result = json.loads(lines[-1]) if lines else {}
+        try:
+            result = json.loads(lines[-1]) if lines else {}
+        except ValueError:  # `gc --json` prints one indented document
+            result = json.loads(stdout)
         term = ""
         if self.termination is not None and self.termination.exists():
             term = self.termination.read_text(encoding="utf-8")
         return Run(self.popen.returncode, result, self.stderr, term)
 
     def kill(self) -> None:
+        if self.popen.returncode is not None and self.popen.stdout is None:
+            return
+        self.signal(signal.SIGCONT)
         self.signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
             self.popen.communicate(timeout=30)
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()
+
+
+def reap_all() -> None:
+    """Kill and reap every process a test left running (a failed test, a hung one)."""
+    while STARTED:
+        STARTED.pop().kill()
 
 
 def spawn(args: Sequence[str], *, env: Mapping[str, str], termination: Path | None = None) -> Proc:
@@ -99,7 +116,9 @@ def spawn(args: Sequence[str], *, env: Mapping[str, str], termination: Path | No
         text=True,
         env=dict(env),
     )
-    return Proc(popen, termination)
+    proc = Proc(popen, termination)
+    STARTED.append(proc)
+    return proc
 
 
 def spawn_fetch(
@@ -151,3 +170,14 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             kids += [int(x) for x in (task / "children").read_text().split()]
     return kids
+
+
+def leaves(pid: int) -> list[int]:
+    """The descendants of pid that have no children: the workers of a process pool."""
+    kids = children(pid)
+    if not kids:
+        return []
+    out: list[int] = []
+    for kid in kids:
+        out += leaves(kid) or [kid]
+    return out

@@ -505,3 +505,20 @@ def test_job_examples_run_valid_commands(
     if command == "gc":
         role = next(d for d in docs if d["kind"] == "ClusterRole")
         assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policy_admits_only_the_webhook_port(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    objects = rendered[overlay]
+    policy = find(objects, "NetworkPolicy", "kserve-cache-webhook")
+    template = find(objects, "Deployment", "kserve-cache-webhook")["spec"]["template"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= template["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports") or []}
+    assert [p["port"] for p in rule["ports"]] == ["https"]
+    assert "https" in ports
+    assert rule["from"], "an empty from would admit every pod"

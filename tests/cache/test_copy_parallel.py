@@ -20,6 +20,8 @@ from webhook.cache.copy import (
     Part,
     _Copier,
     copy_manifest_files,
+    parse_block_size,
+    parse_workers,
     plan_parts,
 )
 from webhook.cache.layout import FileEntry, Manifest
@@ -288,3 +290,27 @@ def test_memory_budget_of_our_own_cgroup(tmp_path: Path) -> None:
     proc = tmp_path / "proc-self-cgroup"
     proc.write_text("0::/kubepods/pod1/c1\n")
     assert memory_budget(tmp_path, proc) == 8000
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [("16Mi", 16 << 20), ("65536", 65536), ("512Ki", 512 << 10), ("4M", 4_000_000), ("1gi", None)],
+)
+def test_block_size_values(text: str, want: int | None) -> None:
+    if want is None:
+        with pytest.raises(ValueError, match="64Ki to 256Mi"):
+            parse_block_size(text)
+    else:
+        assert parse_block_size(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "16Mx", "-1", "1.5Mi", "16 Mi", "1Ti"])
+def test_bad_block_sizes_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_block_size(text)
+
+
+@pytest.mark.parametrize("text", ["0", "65", "x", "", "-2", "1.0"])
+def test_bad_worker_counts_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="from 1 to 64"):
+        parse_workers(text)

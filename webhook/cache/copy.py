@@ -303,3 +303,30 @@ def copy_file(source: Path, dest: Path) -> int:
     part = Part(source.name, source, dest, size, 0, size)
     _Copier("auto", DEFAULT_BLOCK_SIZE).copy_part(part)
     return size
+
+
+MAX_WORKERS: Final = 64
+MIN_BLOCK_SIZE: Final = 64 * 1024
+MAX_BLOCK_SIZE: Final = 256 * MiB
+_UNITS: Final = {"": 1, "k": 1000, "m": 1000**2, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+def parse_workers(text: str) -> int:
+    """`--parallel`: an integer from 1 to 64 (ValueError otherwise)."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"expected an integer from 1 to {MAX_WORKERS}, got {text!r}")
+    return int(text)
+
+
+def parse_block_size(text: str) -> int:
+    """`--block-size`: bytes, or a Kubernetes-style quantity (`16Mi`, `512Ki`, `4M`), from
+    64Ki to 256Mi (ValueError otherwise)."""
+    raw = text.strip()
+    digits = raw.rstrip("KMGkmgi")
+    unit = raw[len(digits) :].lower()
+    if not digits.isdigit() or unit not in _UNITS:
+        raise ValueError(f"expected bytes or a size like 16Mi, got {text!r}")
+    size = int(digits) * _UNITS[unit]
+    if not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE:
+        raise ValueError(f"block size must be from 64Ki to 256Mi, got {text!r}")
+    return size

@@ -226,7 +226,7 @@ TABLE = [
         want=Want(
             values={"mode": PolicyMode.DEFAULT_ON},
             decided={"policy": C},
-            warnings=((names.POLICY, "namespace value 'always'", "expected one of opt-in"),),
+            warnings=((names.POLICY, "ignored the namespace value in", "expected one of opt-in"),),
         ),
     ),
     row(
@@ -237,7 +237,7 @@ TABLE = [
         want=Want(
             values={"pvc": "cluster-cache"},
             decided={"pvc": C},
-            warnings=((names.PVC, "'Team_Cache'", "DNS-1123"),),
+            warnings=((names.PVC, "namespace 'team'", "DNS-1123"),),
         ),
     ),
     row(
@@ -247,7 +247,7 @@ TABLE = [
         want=Want(
             values={"fs_group": 1000},
             decided={"fs-group": B},
-            warnings=((names.FS_GROUP, "'0x10'"),),
+            warnings=((names.FS_GROUP, "positive integer"),),
         ),
     ),
     row(
@@ -652,3 +652,16 @@ def test_a_broken_template_on_reload_keeps_the_last_good_config(tmp_path: Any) -
     assert store.config.pvc == "good-cache"
     assert store.last_error is not None
     assert "initContainer.resources.limits.cpu" in store.last_error
+
+
+def test_a_namespace_value_is_never_echoed_to_the_pod_creator() -> None:
+    policy = resolve_policy(
+        cluster=ClusterConfig(),
+        namespace_annotations={names.PVC: "Secret_Claim_Name", names.POLICY: "sometimes-x"},
+        pod_annotations={names.ENABLED: "yes-please"},
+        namespace="team",
+    )
+    text = "\n".join(policy.warnings)
+    assert "Secret_Claim_Name" not in text
+    assert "sometimes-x" not in text
+    assert "'yes-please'" in text  # the pod's own value is shown back to it

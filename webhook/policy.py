@@ -206,9 +206,11 @@ class _Resolver:
         try:
             value = parse(raw)
         except ValueError as exc:
+            # A Namespace's annotations are the admins': the pod's creator may not be allowed
+            # to read them, so their value is never echoed (the pod's own values are).
+            shown = f" {_show(raw)}" if layer is Layer.POD else ""
             self.warnings.append(
-                f"{key}: ignored the {where} value {_show(raw)} in namespace "
-                f"{self.namespace!r}: {exc}"
+                f"{key}: ignored the {where} value{shown} in namespace {self.namespace!r}: {exc}"
             )
             return current
         self.sources[setting] = layer

@@ -46,9 +46,16 @@ def build_context(dest: Path) -> Path:
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.startswith("!")
     ]
-    assert sorted(allowed) == ["README.md", "pyproject.toml", "webhook"]
+    assert sorted(allowed) == [
+        "LICENSE",
+        "README.md",
+        "constraints/runtime.txt",
+        "pyproject.toml",
+        "webhook",
+    ]
     for name in allowed:
         source = ROOT / name
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
@@ -92,7 +99,12 @@ def test_wheel_installs_and_runs_as_in_the_images(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(prefix)], check=True, timeout=120)
         (install_cmd,) = run_instructions(stages[target])
         assert install_cmd.startswith("/opt/kserve-cache/bin/pip install ")
-        command = install_cmd.replace("/opt/kserve-cache", str(prefix)).replace("/dist", str(dist))
+        assert " -c /constraints.txt " in install_cmd  # the pinned versions
+        command = (
+            install_cmd.replace("/opt/kserve-cache", str(prefix))
+            .replace("/dist", str(dist))
+            .replace("/constraints.txt", str(context / "constraints" / "runtime.txt"))
+        )
         installs[target] = subprocess.Popen(
             ["sh", "-c", command],
             stdout=subprocess.PIPE,
@@ -114,4 +126,14 @@ def test_wheel_installs_and_runs_as_in_the_images(tmp_path: Path) -> None:
         # Only the fetcher image carries KServe's downloader.
         assert ("kserve-storage==" in installed.lower()) is (target == "fetcher"), target
         assert f"kserve-cache=={wheel.name.split('-')[1]}" in installed
+        # every installed package at its pinned version
+        pinned = {
+            line.split("==")[0]: line
+            for line in (context / "constraints" / "runtime.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")
+        }
+        for line in installed.lower().splitlines():
+            name = line.split("==")[0].replace("_", "-")
+            if name in pinned:
+                assert line.replace("_", "-") == pinned[name], (target, line)
     sh(f"{prefixes['fetcher'] / 'bin' / 'python'} -c 'import kserve_storage'", env=env)

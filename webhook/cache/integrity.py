@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 CHUNK: Final = 1 << 20
 DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
@@ -27,6 +27,17 @@ _HEX_RE: Final = re.compile(r"[0-9a-f]{64}")
 
 class IntegrityError(ValueError):
     """A digest string or a file list that is not well formed."""
+
+
+class Hashed(Protocol):
+    """A file row with a hash: `FileDigest` here, `layout.FileEntry` in manifests."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -91,14 +102,14 @@ def hash_tree(
     return tuple(sorted(files, key=lambda f: f.path))
 
 
-def canonical_manifest(files: Sequence[FileDigest]) -> bytes:
+def canonical_manifest(files: Sequence[Hashed]) -> bytes:
     """The bytes the digest is taken of: sorted file rows, compact JSON, no other field."""
     rows = sorted(({"path": f.path, "sha256": f.sha256, "size": f.size} for f in files),
                   key=lambda r: str(r["path"]))  # fmt: skip
     return json.dumps({"files": rows}, sort_keys=True, separators=(",", ":")).encode()
 
 
-def manifest_digest(files: Sequence[FileDigest]) -> str:
+def manifest_digest(files: Sequence[Hashed]) -> str:
     """`sha256:<hex>` of the canonical manifest; IntegrityError if a file has no hash."""
     for f in files:
         if not _HEX_RE.fullmatch(f.sha256):

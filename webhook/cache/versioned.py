@@ -217,8 +217,14 @@ def _symlinks(layout: Layout, options: Options) -> bool:
 
 
 def _due(layout: Layout, key: str, refresh: Refresh, present: bool, warnings: list[str]) -> bool:
-    """Whether this start asks the source. A miss always does (to record the fingerprint)."""
+    """Whether this start asks the source. A miss always does (to record the fingerprint),
+    and counts as the check of its interval window."""
     if not present:
+        if refresh.mode == "interval":
+            try:
+                claim_check(layout, key, interval=refresh.interval)
+            except OSError as exc:
+                logger.debug("cannot claim the interval check of %s: %s", key, exc)
         return True
     if refresh.mode == "on-start":
         return True
@@ -370,6 +376,15 @@ def _publish_version(layout: Layout, key: str, staging: Path) -> bool:
     except OSError as exc:
         raise os_error(exc, layout, "publishing the version") from exc
     return True
+
+
+def read_manifest_at(path: Path, key: str) -> Manifest | None:
+    """The manifest inside a resolved version folder (None when unreadable or another key's)."""
+    try:
+        manifest = Manifest.from_json((path / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.key == key else None
 
 
 class _Pinned:

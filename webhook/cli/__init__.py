@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "verify": "webhook.cli.verify",
     "share": "webhook.cli.share",
     "doctor": "webhook.cli.doctor",
+    "prepare-volume": "webhook.cli.prepare_volume",
 }
 
 

@@ -409,6 +409,11 @@ def render(results: dict[str, Any]) -> str:
         "MiB (an init container's `resources.limits.memory`), all of the model or within the "
         "budget it reads from its cgroup.",
         "",
+        "Seconds to model loaded (share of the ceiling's throughput; for copy mode also the copy "
+        "alone):",
+        "",
+        summary(results),
+        "",
     ]
     for fs in results["filesystems"]:
         lines += [
@@ -440,6 +445,34 @@ def render(results: dict[str, Any]) -> str:
                 f"| {phases} | {share_text} |"
             )
         lines.append("")
+    return "\n".join(lines)
+
+
+def summary(results: dict[str, Any]) -> str:
+    """One table, methods by filesystem: the one docs/performance.md shows."""
+    filesystems = results["filesystems"]
+    head = " | ".join(f"{fs['name']}" for fs in filesystems)
+    lines = [
+        f"| method | {head} |",
+        "|---|" + "---|" * len(filesystems),
+        "| ceiling: `dd bs=16M`, cold | "
+        + " | ".join(f"{fs['ceiling_mb_s']:,.0f} MB/s" for fs in filesystems)
+        + " |",
+    ]
+    by_name = [{row["method"]: row for row in fs["methods"]} for fs in filesystems]
+    for name in by_name[0]:
+        cells = []
+        for fs, rows in zip(filesystems, by_name, strict=True):
+            row = rows.get(name)
+            if row is None:
+                cells.append("-")
+                continue
+            share = row["mb_s"] / fs["ceiling_mb_s"]
+            cell = f"{row['median_s']:.2f} s ({share:.0%})"
+            if "copy_share_of_ceiling" in row:
+                cell += f", copy {row['copy_median_s']:.2f} s ({row['copy_share_of_ceiling']:.0%})"
+            cells.append(cell)
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

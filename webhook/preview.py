@@ -22,6 +22,7 @@ from webhook import kserve, names
 from webhook.clusterconfig import ClusterConfig
 from webhook.kserve import DeploymentMode, InferenceServiceError
 from webhook.namespaces import NamespaceView
+from webhook.patch import make_patch
 from webhook.policy import Policy
 from webhook.review import BadReview, OutcomeKind, parse_review, review
 from webhook.selection import ModelSource, find_model_source
@@ -102,6 +103,7 @@ class Target:
     revision_fields: Mapping[str, Any] = field(default_factory=dict)
     kserve_note: str = ""
     mode: DeploymentMode | None = None
+    given: Mapping[str, Any] | None = None  # the pod before KServe's pod mutator (emulated)
 
     def put_back(self, pod: Mapping[str, Any]) -> dict[str, Any]:
         """The document with `pod` in it: the workload with this template, else the pod."""
@@ -148,6 +150,22 @@ class Result:
     @property
     def patched_object(self) -> dict[str, Any]:
         return self.target.put_back(self.after)
+
+    @property
+    def output_patch(self) -> list[dict[str, Any]]:
+        """The JSON patch of the document given: it turns a Pod or workload as written into
+        the object `-o yaml` prints (KServe's emulated injection included), an
+        AdmissionReview's pod as the webhook answered; for an InferenceService, the predictor
+        pod KServe's controller creates (before any webhook)."""
+        t = self.target
+        if t.shape is Shape.REVIEW:
+            return list(self.patch)
+        if t.shape is Shape.INFERENCE_SERVICE:
+            return make_patch(copy.deepcopy(dict(t.given or t.pod)), copy.deepcopy(self.after))
+        if t.given is None:  # the webhook received the document's pod as written
+            prefix = "".join("/" + part for part in t.template_path)
+            return [{**op, "path": prefix + op["path"]} for op in self.patch]
+        return make_patch(copy.deepcopy(dict(t.document)), self.patched_object)
 
 
 # documents -----------------------------------------------------------------------------------
@@ -352,7 +370,8 @@ def _target(
     if group == "" and kind == "Pod":
         ns = _namespace_of(meta, namespace, fallback)
         check_pod(doc)
-        pod, note = _kserve(dict(doc), kserve_first)
+        as_given = dict(doc)
+        pod, note = _kserve(as_given, kserve_first)
         return _finish(
             index,
             kind,
@@ -363,6 +382,7 @@ def _target(
             pod,
             make_review(pod, namespace=ns, uid=uid),
             kserve_note=note,
+            given=as_given if pod is not as_given else None,
         )
 
     path = WORKLOADS.get((group, kind))
@@ -397,6 +417,7 @@ def _target(
             template_path=path,
             revision_fields=revision_fields,
             kserve_note=note,
+            given=as_pod if pod is not as_pod else None,
         )
 
     if group == "serving.kserve.io" and kind == "InferenceService":
@@ -419,6 +440,7 @@ def _target(
             make_review(pod, namespace=ns, uid=uid),
             kserve_note=note,
             mode=made.mode,
+            given=made.pod,
         )
 
     shown = f"{kind} ({doc.get('apiVersion')})" if kind else "an object without kind"
@@ -450,6 +472,7 @@ def _finish(
     revision_fields: Mapping[str, Any] | None = None,
     kserve_note: str = "",
     mode: DeploymentMode | None = None,
+    given: Mapping[str, Any] | None = None,
 ) -> Target:
     shown = f"{namespace}/{name}" if name else namespace
     return Target(
@@ -466,6 +489,7 @@ def _finish(
         revision_fields=dict(revision_fields or {}),
         kserve_note=kserve_note,
         mode=mode,
+        given=given,
     )
 
 
@@ -561,7 +585,7 @@ def from_response(target: Target, body: Any, *, url: str) -> Result:
 def render_patches(results: Sequence[Result]) -> str:
     """One document: its JSON patch. Several: a list of {document, kind, name, ..., patch}."""
     if len(results) == 1:
-        return json.dumps(results[0].patch, indent=2) + "\n"
+        return json.dumps(results[0].output_patch, indent=2) + "\n"
     rows = [
         {
             "document": r.target.index,
@@ -569,7 +593,7 @@ def render_patches(results: Sequence[Result]) -> str:
             "name": r.target.name,
             "namespace": r.target.namespace,
             "outcome": r.outcome,
-            "patch": r.patch,
+            "patch": r.output_patch,
         }
         for r in results
     ]
@@ -682,21 +706,50 @@ def _rows(result: Result) -> list[tuple[str, str, str]]:
         return []
     by_raw = status.get("by")
     by: dict[str, Any] = by_raw if isinstance(by_raw, dict) else {}
-    layers = {"default": "built-in", "ns": "namespace"}
-    values = {
-        "pvc": status.get("pvc"),
-        "mode": status.get("mode"),
-        "revision": status.get("revision"),
-    }
+    layers = {"default": "built-in", "ns": "namespace", "shape": "pod shape"}
+    values = _remote_values(result, status)
     settings = {"mode": "serving-mode", "fsGroup": "fs-group"}
     return [
         (
             settings.get(short, short),
-            str(values.get(short) or ""),
+            values.get(short) or "(not in the answer)",
             layers.get(str(layer), str(layer)),
         )
         for short, layer in by.items()
     ]
+
+
+def _remote_values(result: Result, status: Mapping[str, Any]) -> dict[str, str]:
+    """What a remote answer shows of each setting: the status annotation, and the patched
+    pod itself (its fsGroup, our init container's secret, the pod's own annotations)."""
+    after = result.after
+    annotations = (after.get("metadata") or {}).get("annotations") or {}
+    spec = after.get("spec") or {}
+    values = {k: str(status.get(k) or "") for k in ("pvc", "mode", "revision")}
+    fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+    values["fsGroup"] = "" if fs_group is None else str(fs_group)
+    enabled = annotations.get(names.ENABLED)
+    values["enabled"] = str(enabled).strip().lower() if enabled is not None else ""
+    # a secret the webhook added is the last secretRef of our init container's envFrom
+    initializer = next(
+        (
+            c
+            for c in spec.get("initContainers") or ()
+            if isinstance(c, Mapping) and c.get("name") == names.STORAGE_INITIALIZER
+        ),
+        {},
+    )
+    refs = [
+        str(item["secretRef"].get("name"))
+        for item in initializer.get("envFrom") or ()
+        if isinstance(item, Mapping) and isinstance(item.get("secretRef"), Mapping)
+    ]
+    values["secret"] = refs[-1] if refs else ""
+    # the policy let it through: opt-in needs enabled=true, so a cached pod without it was
+    # decided by another mode, which the answer does not name
+    if status.get("key") and (status.get("by") or {}).get("policy") == "default":
+        values["policy"] = "opt-in"
+    return values
 
 
 NamespaceLookup = Callable[[str], NamespaceView | None]

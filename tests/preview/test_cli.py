@@ -235,17 +235,46 @@ def test_stdin(preview: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 # outputs -----------------------------------------------------------------------------------
 
 
-def test_patch_applies_to_the_pod_the_webhook_receives(preview: Any, tmp_path: Path) -> None:
+def test_patch_applies_to_the_document_given(preview: Any, tmp_path: Path) -> None:
+    """A pod KServe has not mutated yet: the patch is of the document as written (KServe's
+    emulated injection included), never of the pod the webhook receives after it."""
     import jsonpatch
-
-    from webhook.kserve import inject_storage_initializer
 
     pod = kserve_pod()
     source = write(tmp_path / "pod.yaml", pod)
     patch = preview("-f", str(source)).json()
     patched = preview("-f", str(source), "-o", "json").json()
-    assert jsonpatch.apply_patch(inject_storage_initializer(pod), patch) == patched
+    assert jsonpatch.apply_patch(pod, patch) == patched
     assert not any(op["op"] in ("move", "copy") for op in patch)
+    # the first call, KServe not emulated: the webhook waits, and the patch is empty
+    assert preview("-f", str(source), "--no-kserve").json() == []
+
+
+def test_patch_of_a_workload_applies_to_the_workload(preview: Any, tmp_path: Path) -> None:
+    import jsonpatch
+
+    deployment = opted_in(load("kserve-06-raw-deployment.json"), "spec", "template")
+    source = write(tmp_path / "deploy.yaml", deployment)
+    patch = preview("-f", str(source)).json()
+    patched = preview("-f", str(source), "-o", "json").json()
+    assert patched["kind"] == "Deployment"
+    assert jsonpatch.apply_patch(deployment, patch) == patched
+    assert all(op["path"].startswith("/spec/template/") for op in patch)
+
+
+def test_patch_of_an_inference_service_is_of_its_predictor_pod(
+    preview: Any, tmp_path: Path
+) -> None:
+    import jsonpatch
+
+    from webhook.kserve import predictor_pod
+
+    obj = isvc()
+    source = write(tmp_path / "isvc.yaml", obj)
+    patch = preview("-f", str(source)).json()
+    patched = preview("-f", str(source), "-o", "json").json()
+    made = predictor_pod(obj, namespace="default").pod
+    assert jsonpatch.apply_patch(made, patch) == patched
 
 
 def test_diff(preview: Any, tmp_path: Path) -> None:

@@ -150,6 +150,12 @@ def test_webhook_url_explains_from_the_status_annotation(
     assert ["pvc", "kserve-model-cache", "built-in"] in rows
     assert ["serving-mode", "mount", "built-in"] in rows
     assert ["revision", "v1", "pod"] in rows
+    assert ["enabled", "true", "pod"] in rows
+    assert ["policy", "opt-in", "built-in"] in rows
+    setting_rows = rows[rows.index(["setting", "value", "layer"]) + 1 :]
+    setting_rows = [r for r in setting_rows if r[0] != "warning"]
+    assert setting_rows
+    assert all(r[1] != "-" for r in setting_rows), setting_rows
     (pod,) = run.yaml()
     status = json.loads(pod["metadata"]["annotations"]["cache.kserve.io/status"])
     assert status["revision"] == "v1"

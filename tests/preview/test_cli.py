@@ -478,3 +478,62 @@ def test_several_files(preview: Any, tmp_path: Path) -> None:
     failed = preview("-f", str(first), "-f", str(bad))
     assert failed.code == 2
     assert f"{bad}: document 1 (Nothing)" in failed.err
+
+
+@pytest.mark.parametrize(
+    ("uris", "reason"),
+    [
+        pytest.param(
+            [
+                {"uri": "s3://models/llama", "mountPath": "/mnt/models/base"},
+                {"uri": "s3://models/lora", "mountPath": "/mnt/models/lora"},
+            ],
+            "multiple-storage-uris",
+            id="two",
+        ),
+        pytest.param(
+            [{"uri": "s3://models/llama", "mountPath": "/mnt/models/base"}],
+            "custom-model-path",
+            id="own-path",
+        ),
+    ],
+)
+def test_storage_uris_say_what_the_webhook_says(
+    preview: Any, tmp_path: Path, uris: list[dict[str, str]], reason: str
+) -> None:
+    from tests.golden_cases import make_review
+    from webhook.clusterconfig import ClusterConfig
+    from webhook.kserve import predictor_pod
+    from webhook.review import review_body
+
+    obj = isvc()
+    predictor = obj["spec"]["predictor"]
+    for framework in ("model", "sklearn"):
+        if framework in predictor:
+            predictor[framework].pop("storageUri", None)
+    predictor["storageUris"] = uris
+    source = write(tmp_path / "isvc.yaml", obj)
+    run = preview("-f", str(source), "--explain")
+    assert run.code == 0, run.err
+    assert f"reason     {reason}" in run.err
+    assert run.json() == []
+    # the pod KServe's controller makes, sent to the webhook itself
+    pod = predictor_pod(obj, namespace="default").pod
+    answer = review_body(make_review(pod, namespace="default"), config=ClusterConfig())
+    assert answer.decision.reason is not None
+    assert answer.decision.reason.value == reason
+    valid(pod)
+
+
+def test_explain_says_the_pod_shape_chose_copy_mode(preview: Any, tmp_path: Path) -> None:
+    obj = isvc()
+    obj["metadata"]["annotations"][names.KSERVE_READONLY] = "false"
+    source = write(tmp_path / "isvc.yaml", obj)
+    run = preview("-f", str(source), "--explain", "-o", "yaml")
+    assert run.code == 0, run.err
+    rows = [line.split() for line in run.err.splitlines()]
+    assert ["serving-mode", "copy", "pod", "shape"] in rows
+    assert "serving mode copy instead of mount" in run.err
+    (pod,) = run.yaml()
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": names.PROVISION_VOLUME, "mountPath": "/mnt/models", "readOnly": False} in mounts

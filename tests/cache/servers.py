@@ -20,18 +20,33 @@ from typing import Any
 COUNTS_PATH = "/_counts"
 
 
+THROTTLE_PATH = "/_throttle"
+
+
 class CountingApp:
-    """WSGI middleware counting object GETs and the body bytes they returned."""
+    """WSGI middleware counting object GETs and the body bytes they returned.
+
+    `POST /_throttle` with a number of seconds makes every object body come in 64 KiB pieces
+    that many seconds apart (0 switches it off), so a test can act in the middle of a download.
+    """
+
+    CHUNK = 64 * 1024
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
         self.object_gets = 0
         self.object_bytes = 0
+        self.throttle = 0.0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
+        if path == THROTTLE_PATH:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            self.throttle = float(environ["wsgi.input"].read(length) or b"0")
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
         if path == COUNTS_PATH:
             with self.lock:
                 if method == "DELETE":
@@ -58,10 +73,16 @@ class CountingApp:
 
     def _counted(self, result: Iterable[bytes]) -> Iterator[bytes]:
         try:
-            for chunk in result:
-                with self.lock:
-                    self.object_bytes += len(chunk)
-                yield chunk
+            for whole in result:
+                pieces = [whole]
+                if self.throttle:
+                    pieces = [whole[i : i + self.CHUNK] for i in range(0, len(whole), self.CHUNK)]
+                for chunk in pieces:
+                    if self.throttle:
+                        time.sleep(self.throttle)
+                    with self.lock:
+                        self.object_bytes += len(chunk)
+                    yield chunk
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -84,7 +105,8 @@ class FileServer:
     """A threaded HTTP server on 127.0.0.1 serving in-memory files as octet-stream.
 
     `throttle[path] = seconds` sleeps that long between 64 KiB chunks of that file, so a test
-    can catch a download in the middle. Counts GETs and body bytes per path.
+    can catch a download in the middle; `hang[path] = n` makes the next n GETs of it send the
+    headers and one chunk, then nothing (a stalled server). Counts GETs and body bytes per path.
     """
 
     CHUNK = 64 * 1024
@@ -92,6 +114,8 @@ class FileServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.throttle: dict[str, float] = {}
+        self.hang: dict[str, int] = {}
+        self.release = threading.Event()
         self.gets: dict[str, int] = {}
         self.bytes: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -105,10 +129,22 @@ class FileServer:
                 if body is None:
                     self.send_error(404)
                     return
+                with owner.lock:
+                    hang = owner.hang.get(self.path, 0) > 0
+                    if hang:
+                        owner.hang[self.path] -= 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if hang:
+                    try:
+                        self.wfile.write(body[: owner.CHUNK])
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    owner.release.wait(600)  # until the server stops
+                    return
                 for start in range(0, len(body), owner.CHUNK):
                     delay = owner.throttle.get(self.path, 0.0)
                     if delay:
@@ -141,6 +177,7 @@ class FileServer:
         self.thread.start()
 
     def stop(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()

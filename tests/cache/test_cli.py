@@ -238,7 +238,7 @@ def test_read_only_cache_volume(http_server: FileServer, small_fs: Path) -> None
     run = run_fetch(uri, small_fs)
     assert run.code == EXIT["cache-not-writable"], run.stderr
     assert run.result["error"] == "cache-not-writable"
-    assert "not writable" in run.termination
+    assert "read-only" in run.termination
     assert list(small_fs.iterdir()) == []
 
 

@@ -108,6 +108,8 @@ class ChildDownloader:
         self._lock = threading.Lock()
         self._aborted = False
         self.total: int | None = None
+        self.activity = 0
+        """Messages received from the child (started, totals): progress before bytes flow."""
 
     def __call__(self, uri: str, out_dir: Path) -> None:
         read_fd, write_fd = os.pipe()
@@ -126,8 +128,11 @@ class ChildDownloader:
         result: dict[str, Any] = {}
         with os.fdopen(read_fd, "rb") as pipe:
             for raw in pipe:
+                self.activity += 1
                 with contextlib.suppress(ValueError):
                     message = json.loads(raw)
+                    if "started" in message:
+                        continue
                     if "total" in message:
                         self.total = int(message["total"])
                     else:
@@ -214,6 +219,9 @@ def _child_main(argv: list[str]) -> int:
 
     counter = _TotalCounter(report)
     logging.getLogger().addHandler(counter)
+    import kserve_storage  # noqa: F401  (the slow part of starting: tell the watchdog we live)
+
+    report({"started": True})
     try:
         download_in_process(uri, out)
     except FetchError as exc:

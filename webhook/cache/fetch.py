@@ -191,6 +191,24 @@ def check_root(layout: Layout) -> None:
         )
 
 
+def check_writable(layout: Layout) -> None:
+    """Refuse, with the diagnosis, a cache root this process may not write (before anything
+    tries to). A read-only volume is left to the first write, which names it."""
+    check_root(layout)
+    if os.statvfs(layout.root).f_flag & os.ST_RDONLY:
+        raise os_error(
+            OSError(errno.EROFS, os.strerror(errno.EROFS), str(layout.root)),
+            layout,
+            "checking the cache volume",
+        )
+    if not os.access(layout.root, os.W_OK | os.X_OK, effective_ids=True):
+        raise FetchError(
+            ErrorKind.CACHE_NOT_WRITABLE,
+            f"the cache volume {layout.root} is not writable by this process: "
+            + diagnose_permissions(layout.root),
+        )
+
+
 def fetch_entry(
     layout: Layout,
     *,
@@ -290,6 +308,10 @@ def acquire_or_wait(
     waited = False
     next_report = time.monotonic() + settings.progress_interval
     while True:
+        # Whole entry first: a hit writes nothing, not even a lease generation.
+        manifest = checked(layout, key, source=source)
+        if manifest is not None:
+            return _found(layout, manifest, "waited" if waited else "hit", start)
         try:
             view = read_current(layout, key)
             verdict = watch.look(view)
@@ -325,9 +347,6 @@ def acquire_or_wait(
                 with contextlib.suppress(OSError):
                     lease.release()
                 clear_progress(layout, key, holder=holder)
-        manifest = checked(layout, key, source=source)
-        if manifest is not None:
-            return _found(layout, manifest, "waited" if waited else "hit", start)
         if verdict != "held":
             continue  # lost the race for the next generation: look at the new one at once
         now = time.monotonic()
@@ -468,9 +487,12 @@ def download_and_publish(
                 won = (publisher or publish)(layout, key, staging, source=source)
             except OSError as exc:
                 raise os_error(exc, layout, "publishing") from exc
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             discard(layout, staging, key=key)
+        if isinstance(exc, FetchError | OSError) and (lost.is_set() or _superseded(lease)):
+            # Our staging vanished because a newer holder renamed it aside: not a failure.
+            raise LeaseLost(key) from exc
         raise
     if not won:
         published = checked(layout, key, source=source)
@@ -504,6 +526,13 @@ def download_and_publish(
     )
 
 
+def _superseded(lease: Lease) -> bool:
+    try:
+        return lease.superseded()
+    except OSError:
+        return False
+
+
 def run_download(
     layout: Layout,
     lease: Lease,
@@ -533,7 +562,8 @@ def run_download(
 
     worker = threading.Thread(target=target, name=f"download-{lease.key}", daemon=True)
     began = last_change = time.monotonic()
-    size = last_size = 0
+    size = 0
+    last_mark: tuple[int, object] = (0, None)
     next_report = began + settings.progress_interval
     poll = max(0.05, min(1.0, settings.stall_timeout / 4, settings.progress_interval))
     worker.start()
@@ -546,8 +576,10 @@ def run_download(
                 raise LeaseLost(lease.key)
             now = time.monotonic()
             size = tree_size(staging)
-            if size != last_size:
-                last_size, last_change = size, now
+            # Bytes in staging, or a sign of life from the downloader (a child's messages).
+            mark = (size, getattr(downloader, "activity", None))
+            if mark != last_mark:
+                last_mark, last_change = mark, now
             if now >= next_report:
                 _report_progress(layout, lease, downloader, size, now - began)
                 next_report = now + settings.progress_interval

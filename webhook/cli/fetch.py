@@ -90,7 +90,14 @@ COPY_ATTEMPTS = 3
 def run(args: argparse.Namespace) -> int:
     from webhook.cache.copy import EntryVanished, copy_manifest_files
     from webhook.cache.download import default_downloader
-    from webhook.cache.fetch import ErrorKind, FetchError, Settings, check_key, fetch_entry
+    from webhook.cache.fetch import (
+        ErrorKind,
+        FetchError,
+        Settings,
+        check_key,
+        check_writable,
+        fetch_entry,
+    )
     from webhook.cache.layout import Layout, read_manifest
 
     # A deleted pod gets SIGTERM: unwind so the staging folder is removed and the lease freed.
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         if not getattr(args, "read_only", False):  # a read-only consumer writes nothing
             from webhook.cache.probe import probe_from_args
 
+            check_writable(Layout(root))
             probe_from_args(root, args)
         layout = Layout(root)
         for attempt in range(1, COPY_ATTEMPTS + 1):

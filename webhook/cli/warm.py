@@ -112,7 +112,7 @@ def load_isvc(path: Path) -> Mapping[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from webhook.cache.download import default_downloader
-    from webhook.cache.fetch import FetchError, fetch_entry
+    from webhook.cache.fetch import FetchError, check_writable, fetch_entry
     from webhook.cache.layout import Layout
 
     try:
@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from webhook.cache.probe import probe_from_args
 
+        check_writable(Layout(root))
         probe_from_args(root, args)
         result = fetch_entry(
             Layout(root),

@@ -141,7 +141,7 @@ def test_a_live_lease_seen_through_stale_caches_is_not_broken(gluster: Nodes, mo
         assert_served(gluster[i] / "models" / key_of(LLAMA), models, "llama")
 
 
-@pytest.mark.parametrize("gluster_options", [STICKY])
+@pytest.mark.parametrize("gluster_options", [CACHING])
 def test_gc_on_one_node_keeps_an_entry_another_node_hits(gluster: Nodes, models: S3) -> None:
     """gc on node 1 reads the usage record through stale caches while node 0 hits the entry."""
     key = key_of(LLAMA)

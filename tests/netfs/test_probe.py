@@ -122,13 +122,15 @@ def test_an_unsafe_record_refuses_and_the_override_goes_on(tmp_path: Path) -> No
     assert not ensure_probed(tmp_path, allow_unsafe=True).ok
 
 
-def test_read_only_root_is_not_writable_not_unsafe(tmp_path: Path) -> None:
-    root = tmp_path / "ro"
+def test_a_probe_that_cannot_run_is_a_refusal_not_a_pass(tmp_path: Path) -> None:
+    root = tmp_path / "root"
     root.mkdir()
     (root / ".probe").write_text("a file where the scratch folder goes")
     with pytest.raises(FetchError) as err:
         ensure_probed(root)
-    assert err.value.kind is not ErrorKind.UNSAFE_VOLUME or "failed" in err.value.message
+    assert err.value.kind is ErrorKind.UNSAFE_VOLUME
+    assert "capability probe" in err.value.message
+    assert not (root / RECORD_NAME).exists()
 
 
 @pytest.mark.faultfs

@@ -34,6 +34,7 @@ RECORD_NAME: Final = ".kserve-cache-probe.json"
 SCRATCH_NAME: Final = ".probe"
 ALLOW_UNSAFE_ENV: Final = "KSERVE_CACHE_ALLOW_UNSAFE_VOLUME"
 ALLOW_UNSAFE_FLAG: Final = "--allow-unsafe-volume"
+_WRITE_ERRNOS: Final = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 # The backends known to lack a guarantee, named in the refusal so an admin recognises theirs.
 OBJECT_FUSE: Final = "object-storage FUSE mounts (s3fs, goofys, mountpoint-s3, gcsfuse, blobfuse)"
@@ -425,15 +426,22 @@ def ensure_probed(root: Path, *, allow_unsafe: bool = False) -> ProbeReport:
             report = probe_volume(root)
             write_record(root, report)
         except OSError as exc:
+            # fetch's own diagnosis (owner, group, mode, the fix) where it has one.
+            from webhook.cache import fetch
+            from webhook.cache.layout import Layout
+
+            diagnose = getattr(fetch, "os_error", None)
+            if diagnose is not None and exc.errno in _WRITE_ERRNOS:
+                raise diagnose(exc, Layout(root), "probing the volume") from exc
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise FetchError(
                     ErrorKind.DISK_FULL, f"no space left on {root} for the capability probe"
                 ) from exc
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if exc.errno in _WRITE_ERRNOS:
                 raise FetchError(
                     ErrorKind.CACHE_NOT_WRITABLE,
-                    f"the cache volume {root} is not writable (capability probe: "
-                    f"{exc.strerror}, {exc.filename})",
+                    f"the cache volume {root} is not writable (read-only or permission "
+                    f"denied) while probing it: {exc.strerror} ({exc.filename})",
                 ) from exc
             raise FetchError(
                 ErrorKind.UNSAFE_VOLUME, f"the capability probe of {root} failed: {exc}"

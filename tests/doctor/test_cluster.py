@@ -85,7 +85,7 @@ def healthy_install(kube: FakeKube, tmp_path: Path, rendered: list[dict[str, Any
         "deployment": deployment,
         "webhook": ours,
         "kserve": kserve,
-        "configmap": _dev_config(copy.deepcopy(find(rendered, "ConfigMap", "kserve-cache-config"))),
+        "configmap": copy.deepcopy(find(rendered, "ConfigMap", "kserve-cache-config")),
         "secret": secret(serving),
         "csidriver": {
             "apiVersion": "storage.k8s.io/v1",
@@ -431,11 +431,6 @@ def test_in_tree_nfs_volume_spells_out_the_consequence(
     assert check["status"] == "warn"
     assert "never applies fsGroup" in check["detail"]
     assert "writable by group 1000" in check["hint"]
-
-
-def _dev_config(cm: dict[str, Any]) -> dict[str, Any]:  # TEMP
-    cm["data"]["config.yaml"] = "policy: opt-in\n"
-    return cm
 
 
 @pytest.mark.parametrize(

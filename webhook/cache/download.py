@@ -106,7 +106,8 @@ class ChildDownloader:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._aborted = False
+        self._attempt = 0
+        self._aborted_attempt = -1
         self.total: int | None = None
         self.activity = 0
         """Messages received from the child (started, totals): progress before bytes flow."""
@@ -115,8 +116,9 @@ class ChildDownloader:
         read_fd, write_fd = os.pipe()
         try:
             with self._lock:
-                if self._aborted:
-                    raise FetchError(ErrorKind.DOWNLOAD_FAILED, "download aborted")
+                # An abort applies to the attempt it was made for, not to a later one.
+                self._attempt += 1
+                attempt = self._attempt
                 self._proc = subprocess.Popen(  # noqa: S603
                     [sys.executable, "-m", "webhook.cache.download", str(write_fd), uri,
                      str(out_dir)],
@@ -140,7 +142,7 @@ class ChildDownloader:
         code = self._proc.wait()
         if result.get("ok"):
             return
-        if self._aborted:
+        if self._aborted_attempt == attempt:
             raise FetchError(ErrorKind.DOWNLOAD_FAILED, f"download of {uri} was aborted")
         if result.get("errno") is not None:
             raise OSError(int(result["errno"]), str(result.get("strerror")), result.get("filename"))
@@ -154,7 +156,7 @@ class ChildDownloader:
     def abort(self) -> None:
         """Kill the download process and all its descendants; safe to call at any time."""
         with self._lock:
-            self._aborted = True
+            self._aborted_attempt = self._attempt
             proc = self._proc
         if proc is None or proc.poll() is not None:
             return

@@ -378,7 +378,7 @@ def _report_wait(layout: Layout, key: str, view: LeaseView | None, watch: Watch)
     else:
         detail = "no progress published yet"
     logger.info(
-        "waiting for %s: lease held by %s, last change seen %.0fs ago; %s",
+        "waiting for %s: lease held by %s, unchanged for %.0fs; %s",
         key,
         _who(view),
         watch.unchanged_for(),

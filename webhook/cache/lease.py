@@ -150,11 +150,17 @@ def read_holder(layout: Layout, key: str) -> LeaseView | None:
     return view if view is not None and view.held else None
 
 
+RECORD_SIZE: Final = 512
+"""Every lease file has this size (JSON padded with spaces): a client whose cached size is
+stale never reads a truncated or over-long record."""
+
+
 def _body(holder: str, *, gen: int, beat: int, state: str) -> bytes:
-    return json.dumps(
-        {"holder": holder, "gen": gen, "beat": beat, "state": state, "wall": time.time()},
+    text = json.dumps(
+        {"holder": holder[:300], "gen": gen, "beat": beat, "state": state, "wall": time.time()},
         sort_keys=True,
     ).encode()
+    return text.ljust(RECORD_SIZE)
 
 
 def _create_exclusive(path: Path, body: bytes) -> bool:
@@ -177,20 +183,19 @@ def _create_exclusive(path: Path, body: bytes) -> bool:
 
 
 def _replace(path: Path, body: bytes) -> None:
-    """Replace the content of a lease file atomically (write aside, rename over)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    """Rewrite a lease file in place: one write of the whole fixed-size record at offset 0.
+
+    In place, not write-aside-and-rename: the file keeps its inode, so a client whose entry
+    cache still maps the name to it (FUSE entry timeouts) reads the new content, not a
+    deleted file's. One write of 512 bytes is one write on the server; a reader that still
+    catches half of one sees unparsable JSON, which counts as "no change".
+    """
+    fd = os.open(path, os.O_WRONLY)
     try:
-        os.write(fd, body)
+        os.pwrite(fd, body, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 class Lease:
@@ -213,10 +218,9 @@ class Lease:
         return any(g > self.gen for g in generations(self.layout, self.key))
 
     def is_mine(self) -> bool:
-        """True while our generation is the newest and still says we hold it."""
-        view = read_view(self.layout, self.key, self.gen)
-        if view is None or view.holder != self.holder or view.state != HELD:
-            return False
+        """True while no newer generation exists. Only we write our generation's file (gc
+        retires superseded ones only), so its content needs no check: a transient ENOENT or
+        ESTALE of our own file through a client cache must not make us give up."""
         return not self.superseded()
 
     def touch(self) -> bool:
@@ -312,8 +316,7 @@ def volume_now(layout: Layout) -> float:
     Used only where a one-shot process (gc) must judge an age; falls back to local time.
     """
     probe = layout.locks / f".clock.{secrets.token_hex(6)}"
-    try:
-        layout.locks.mkdir(parents=True, exist_ok=True)
+    try:  # no folder is created for it: a dry run must change nothing
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             stamp = os.fstat(fd).st_mtime

@@ -125,3 +125,18 @@ def test_a_rename_that_reports_failure_after_it_happened(faultfs: FaultFS, s3: S
     again = run_fetch(LLAMA, faultfs.root, env=s3.env(), extra=UNSAFE)
     assert again.code == 0, again.stderr[-2000:]
     assert served(Path(again.result["path"]), s3)
+
+
+def test_an_estale_lease_read_does_not_break_a_live_lease(faultfs: FaultFS, s3: S3) -> None:
+    """A waiter whose read of the lease fails with ESTALE must not take it for "no lease"."""
+    s3.reset_counts()
+    holder = spawn_fetch(LLAMA, faultfs.root, env=s3.env(), pause="leased=4", extra=FAST)
+    assert holder.wait_for("pausing"), holder.stderr
+    faultfs.set(estale=["*/.locks/*"], estale_times=2)
+    waiters = [spawn_fetch(LLAMA, faultfs.root, env=s3.env(), extra=FAST) for _ in range(2)]
+    runs = [holder.finish(timeout=120)] + [w.finish(timeout=120) for w in waiters]
+    assert [r.code for r in runs] == [0, 0, 0], [r.stderr[-1500:] for r in runs if r.code]
+    assert runs[0].result["outcome"] == "miss"
+    assert s3.counts()["object_gets"] == 3, "one download"
+    for run in runs:
+        assert served(Path(run.result["path"]), s3)

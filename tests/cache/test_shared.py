@@ -317,3 +317,18 @@ def test_the_python_api_refuses_a_missing_cache_root(tmp_path: Path) -> None:
         fetch_entry(layout, uri="s3://b/m", key=cache_key("s3://b/m"), downloader=print)
     assert err.value.kind is ErrorKind.CACHE_NOT_WRITABLE
     assert not layout.root.exists()
+
+
+def test_an_unreachable_http_source_is_not_blamed_on_s3_variables(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = tmp_path / "cache"
+    root.mkdir()
+    run = run_fetch(f"http://127.0.0.1:{port}/m/model.bin", root)
+    assert run.code == 8, run.stderr
+    assert run.result["error"] == "unreachable"
+    assert "check the URL's host and port" in run.result["message"]
+    assert "AWS_ENDPOINT_URL" not in run.result["message"]

@@ -14,7 +14,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +23,7 @@ from webhook.cache.copy import EntryVanished, copy_manifest_files
 from webhook.cache.fetch import Downloader, ErrorKind, FetchError, check_key, seal
 from webhook.cache.gc import Snapshot
 from webhook.cache.layout import Layout, Manifest, read_manifest, read_usage, record_usage
+from webhook.keys import is_valid_key
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def serve_read_only(
     key: str,
     revision: str = "",
     endpoint: str = "",
+    source: str = "",
     copy_to: Path | None = None,
     on_miss: OnMiss = OnMiss.WAIT,
     miss_wait: float = DEFAULT_MISS_WAIT,
@@ -105,8 +107,12 @@ def serve_read_only(
 ) -> ReadOnlyResult:
     """Serve `models/<key>` without writing to the cache: a hit (copied into `copy_to` in copy
     mode), a wait of at most `miss_wait` seconds for a trusted writer, then a failure
-    (`OnMiss.WAIT`, `ErrorKind.WAIT_TIMEOUT`) or a private download into `copy_to`."""
-    check_key(uri=uri, key=key, revision=revision)
+    (`OnMiss.WAIT`, `ErrorKind.WAIT_TIMEOUT`) or a private download into `copy_to`.
+
+    `endpoint` is the one the webhook mixed into the key (`--endpoint`); `source` is the one
+    this process downloads from: an entry recorded from another is refused, as for writers.
+    """
+    check_key(uri=uri, key=key, revision=revision, endpoint=endpoint)
     if miss_wait < 0:
         raise FetchError(ErrorKind.BAD_ARGUMENTS, "--miss-wait must be >= 0")
     if on_miss is OnMiss.PRIVATE and copy_to is None:
@@ -126,13 +132,14 @@ def serve_read_only(
     while True:
         manifest = read_manifest(layout, key)
         if manifest is not None:
-            _check_endpoint(manifest, endpoint=endpoint, key=key)
+            _check_endpoint(manifest, source=source, key=key)
             problems = entry_problems(layout.entry(key), manifest)
             if not problems:
                 served = _serve(layout, manifest, copy_to=copy_to)
                 if served is not None:
                     outcome = "waited" if waited else "hit"
-                    served = dataclasses.replace(served, waited_seconds=clock() - start)
+                    if waited:
+                        served = dataclasses.replace(served, waited_seconds=clock() - start)
                     return _done(
                         served, outcome=outcome, start=start, clock=clock, usage_dir=usage_dir
                     )
@@ -186,14 +193,15 @@ def _inside(path: Path, root: Path) -> bool:
     return target == base or base in target.parents
 
 
-def _check_endpoint(manifest: Manifest, *, endpoint: str, key: str) -> None:
-    recorded = getattr(manifest, "endpoint", None)
-    if endpoint and recorded and recorded != endpoint:
+def _check_endpoint(manifest: Manifest, *, source: str, key: str) -> None:
+    recorded = manifest.endpoint
+    if recorded is not None and recorded != source:
         raise FetchError(
             ErrorKind.SOURCE_MISMATCH,
-            f"the shared entry {key} was downloaded from {recorded}, this pod's source is "
-            f"{endpoint}: the same path on another object store is another model; give the "
-            "two sources distinct endpoints in the webhook's view (plain env values)",
+            f"the shared entry {key} was downloaded from {recorded or 'the default endpoint'}, "
+            f"this pod's source is {source or 'the default endpoint'}: the same path on "
+            "another store is another model; give the two sources their own keys (set "
+            "cache.kserve.io/revision, or name the endpoint in a plain env var the webhook sees)",
         )
 
 
@@ -328,6 +336,29 @@ def merge_usage(snapshot: Snapshot, usage_dirs: Iterable[Path]) -> Snapshot:
     return dataclasses.replace(snapshot, entries=entries)
 
 
+def keys_mounted(pods: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """Keys that live pods mount by `subPath: models/<key>` from a claim, with or without the
+    webhook's status annotation (a pod of another namespace, a hand-written mount): gc keeps
+    them as it keeps the annotated ones."""
+    keys = set()
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        spec = pod.get("spec") or {}
+        claims = {
+            v.get("name")
+            for v in spec.get("volumes") or ()
+            if isinstance(v, Mapping) and v.get("persistentVolumeClaim")
+        }
+        for container in (*(spec.get("initContainers") or ()), *(spec.get("containers") or ())):
+            for mount in (container or {}).get("volumeMounts") or ():
+                sub = str(mount.get("subPath") or "").strip("/").split("/")
+                shared = mount.get("name") in claims and len(sub) >= 2 and sub[0] == "models"
+                if shared and is_valid_key(sub[1]):
+                    keys.add(sub[1])
+    return frozenset(keys)
+
+
 # --- the command line (`kserve-cache fetch --read-only`) -------------------------------------
 
 
@@ -365,7 +396,7 @@ def run(
     args: argparse.Namespace,
     *,
     downloader: Downloader,
-    endpoint: str,
+    source: str,
     emit: Callable[[dict[str, Any]], None],
 ) -> int:
     """`fetch --read-only`: the result line, or a FetchError for the caller to report."""
@@ -380,7 +411,8 @@ def run(
         uri=args.uri,
         key=args.key,
         revision=args.revision,
-        endpoint=endpoint,
+        endpoint=getattr(args, "endpoint", "") or "",
+        source=source,
         copy_to=args.copy_to,
         on_miss=OnMiss(args.on_miss or OnMiss.WAIT.value),
         miss_wait=DEFAULT_MISS_WAIT if args.miss_wait is None else args.miss_wait,

@@ -22,7 +22,7 @@ from webhook.config import ConfigStore, with_fetcher_image
 WEBHOOK = "ghcr.io/kserve-cache/kserve-cache"
 FETCHER = "ghcr.io/kserve-cache/kserve-cache-fetcher"
 DIGEST = "sha256:" + "ab" * 32
-EXAMPLES = ("gc-cronjob.yaml", "warm-job.yaml", "stats-exporter.yaml")
+EXAMPLES = ("gc-cronjob.yaml", "warm-job.yaml", "stats-exporter.yaml", "doctor-job.yaml")
 
 
 def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,6 +94,9 @@ def test_a_user_overlay_sets_every_image_with_images_entries(tmp_path: Path, ove
         "registry.example.com/ml/kserve-cache:9.9.9"
     )
     assert _containers(find(objects, "Job", "warm-sklearn-iris"))[0]["image"] == (
+        f"registry.example.com/ml/fetcher@{DIGEST}"
+    )
+    assert _containers(find(objects, "Job", "kserve-cache-doctor"))[0]["image"] == (
         f"registry.example.com/ml/fetcher@{DIGEST}"
     )
     assert _containers(find(objects, "Deployment", "kserve-cache-stats"))[0]["image"] == (

@@ -385,3 +385,29 @@ def test_the_readme_quick_start_kustomization_renders(tmp_path: Path) -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KSERVE_CACHE_FETCHER_IMAGE"] == "registry.example.com/ml/kserve-cache-fetcher:0.1.0"
     assert yaml.safe_load(text)["resources"]
+
+
+def test_the_install_page_status_example_is_what_preview_prints() -> None:
+    import json
+
+    import yaml
+
+    page = (ROOT / "docs" / "install.md").read_text()
+    command = re.search(
+        r"`(kserve-cache preview -f manifests/examples/\S+ --config\s+\S+ -o yaml)`", page
+    )
+    assert command is not None
+    shown = re.search(r'```json\n(\{"by".*\})\n```', page)
+    assert shown is not None
+    exe = Path(sys.executable).parent / "kserve-cache"
+    out = subprocess.run(
+        [str(exe), *shlex.split(command.group(1))[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    (pod,) = [d for d in yaml.safe_load_all(out) if d]
+    status = pod["metadata"]["annotations"]["cache.kserve.io/status"]
+    assert json.loads(status) == json.loads(shown.group(1))

@@ -48,6 +48,10 @@ class ServingMode(StrEnum):
     COPY = "copy"
 
 
+REFRESH: Final = re.compile(r"never|on-start|interval=[1-9][0-9]{0,8}[smhd]")
+DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 class ConfigError(ValueError):
     """The cluster config file cannot be used; the message says where and why."""
 
@@ -298,6 +302,15 @@ class ClusterConfig(_Strict):
     injectWithoutKServe: bool = False
     onError: Literal["admit", "refuse"] = "admit"
     cacheMountPath: str = names.CACHE_MOUNT_PATH
+    # Mutable sources: when fetch looks again at a cached entry's source.
+    refresh: Annotated[str, Field(pattern=f"^({REFRESH.pattern})$")] = "never"
+    # Mount mode: read the entry into the node's page cache before the model server starts.
+    prefetch: bool = False
+    # Read-only consumers: the cache is never written by these pods' init containers.
+    readOnly: bool = False
+    # What a read-only consumer does on a miss: wait for a trusted writer, or download
+    # privately into its own emptyDir (copy mode).
+    onMiss: Literal["wait", "private"] = "wait"
     initContainer: InitContainerTemplate = Field(default_factory=InitContainerTemplate)
 
     @field_validator("pvc")

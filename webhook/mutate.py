@@ -60,6 +60,11 @@ def fetch_spec(
         cache_mount_path=config.cacheMountPath,
         isvc=str(labels.get(names.ISVC_LABEL, "")),
         namespace=namespace,
+        refresh=policy.refresh,
+        digest=policy.digest,
+        prefetch=policy.prefetch,
+        read_only=policy.read_only,
+        on_miss=policy.on_miss,
     )
 
 

@@ -15,6 +15,11 @@ SERVING_MODE: Final = PREFIX + "serving-mode"
 FS_GROUP: Final = PREFIX + "fs-group"
 POD_OVERRIDES: Final = PREFIX + "pod-overrides"
 STATUS: Final = PREFIX + "status"
+REFRESH: Final = PREFIX + "refresh"
+DIGEST: Final = PREFIX + "digest"
+PREFETCH: Final = PREFIX + "prefetch"
+READ_ONLY: Final = PREFIX + "read-only"
+ON_MISS: Final = PREFIX + "on-miss"
 
 # Keys a pod may be allowed to set through `pod-overrides` (the starred keys of the design).
 OVERRIDABLE: Final = frozenset({"pvc", "secret", "serving-mode"})

@@ -14,6 +14,8 @@ from typing import Any, Final, TypeVar
 
 from webhook import names
 from webhook.clusterconfig import (
+    DIGEST,
+    REFRESH,
     ClusterConfig,
     PolicyMode,
     ServingMode,
@@ -24,13 +26,17 @@ from webhook.skips import SkipReason
 
 MAX_VALUE_LEN: Final = 253
 # Keys only admins set (Namespace annotations, cluster config); a pod setting one is told so.
-ADMIN_ONLY: Final = ("policy", "fs-group", "pod-overrides")
+ADMIN_ONLY: Final = ("policy", "fs-group", "pod-overrides", "on-miss")
 _CLUSTER_FIELDS: Final = (
     ("policy", "policy"),
     ("pvc", "pvc"),
     ("serving-mode", "servingMode"),
     ("fs-group", "fsGroup"),
     ("pod-overrides", "podOverrides"),
+    ("refresh", "refresh"),
+    ("prefetch", "prefetch"),
+    ("read-only", "readOnly"),
+    ("on-miss", "onMiss"),
 )
 T = TypeVar("T")
 
@@ -64,6 +70,11 @@ _STATUS_SETTINGS: Final = (
     ("secret", "secret"),
     ("fs-group", "fsGroup"),
     ("revision", "revision"),
+    ("refresh", "refresh"),
+    ("digest", "digest"),
+    ("prefetch", "prefetch"),
+    ("read-only", "readOnly"),
+    ("on-miss", "onMiss"),
 )
 
 
@@ -82,6 +93,11 @@ class Policy:
     revision: str
     pod_overrides: frozenset[str]
     sources: Mapping[str, Layer] = field(default_factory=dict)
+    refresh: str = "never"
+    digest: str = ""
+    prefetch: bool = False
+    read_only: bool = False
+    on_miss: str = "wait"
     warnings: tuple[str, ...] = ()
 
     def explain(self) -> list[tuple[str, str, str]]:
@@ -95,6 +111,11 @@ class Policy:
             "secret": self.secret or "",
             "revision": self.revision,
             "pod-overrides": ",".join(sorted(self.pod_overrides)),
+            "refresh": self.refresh,
+            "digest": self.digest,
+            "prefetch": str(self.prefetch).lower(),
+            "read-only": str(self.read_only).lower(),
+            "on-miss": self.on_miss,
         }
         return [(k, str(v), self.sources.get(k, Layer.BUILTIN).value) for k, v in values.items()]
 
@@ -166,6 +187,24 @@ def _parse_revision(value: str) -> str:
     if not is_valid_revision(value):
         raise ValueError("expected 1-63 characters of [A-Za-z0-9._-]")
     return value
+
+
+def _parse_refresh(value: str) -> str:
+    if not REFRESH.fullmatch(value.strip()):
+        raise ValueError("expected never, on-start or interval=<N>s|m|h|d (e.g. interval=6h)")
+    return value.strip()
+
+
+def _parse_digest(value: str) -> str:
+    if not DIGEST.fullmatch(value.strip()):
+        raise ValueError("expected sha256: and 64 lower-case hex digits")
+    return value.strip()
+
+
+def _parse_on_miss(value: str) -> str:
+    if value.strip() not in ("wait", "private"):
+        raise ValueError("expected wait or private")
+    return value.strip()
 
 
 def _show(value: str) -> str:
@@ -258,6 +297,18 @@ def resolve_policy(
     enabled: bool | None = r.take(
         "enabled", None, ns.get(names.ENABLED), _parse_bool, Layer.NAMESPACE
     )
+    refresh = r.take(
+        "refresh", cluster.refresh, ns.get(names.REFRESH), _parse_refresh, Layer.NAMESPACE
+    )
+    prefetch = r.take(
+        "prefetch", cluster.prefetch, ns.get(names.PREFETCH), _parse_bool, Layer.NAMESPACE
+    )
+    read_only = r.take(
+        "read-only", cluster.readOnly, ns.get(names.READ_ONLY), _parse_bool, Layer.NAMESPACE
+    )
+    on_miss = r.take(
+        "on-miss", str(cluster.onMiss), ns.get(names.ON_MISS), _parse_on_miss, Layer.NAMESPACE
+    )
 
     # Pod layer: `enabled` and `revision` always; starred keys only where admins allow them;
     # admin-only keys never.
@@ -289,6 +340,29 @@ def resolve_policy(
             return current
         return r.take(setting, current, raw, parse, Layer.POD)
 
+    refresh = r.take(
+        "refresh", refresh, pod_annotations.get(names.REFRESH), _parse_refresh, Layer.POD
+    )
+    digest = r.take("digest", "", pod_annotations.get(names.DIGEST), _parse_digest, Layer.POD)
+    prefetch = r.take(
+        "prefetch", prefetch, pod_annotations.get(names.PREFETCH), _parse_bool, Layer.POD
+    )
+    # read-only: a pod may make itself a read-only consumer, never turn an admin's off
+    pod_read_only = pod_annotations.get(names.READ_ONLY)
+    if pod_read_only is not None:
+        before = r.sources.get("read-only")
+        wanted = r.take("read-only", read_only, pod_read_only, _parse_bool, Layer.POD)
+        if wanted is False:
+            if before is None:
+                r.sources.pop("read-only", None)
+            else:
+                r.sources["read-only"] = before
+            if read_only:
+                r.warnings.append(
+                    f"{names.READ_ONLY}: ignored the pod value 'false' in namespace "
+                    f"{namespace!r}: only the Namespace or the cluster config can turn it off"
+                )
+        read_only = read_only or wanted
     pvc = pod_value("pvc", pvc, _parse_name)
     serving = pod_value("serving-mode", serving, _parse_serving_mode)
     secret = pod_value("secret", secret, _parse_name)
@@ -329,4 +403,9 @@ def resolve_policy(
         pod_overrides=overrides,
         sources=dict(r.sources),
         warnings=tuple(r.warnings),
+        refresh=refresh,
+        digest=digest,
+        prefetch=prefetch,
+        read_only=read_only,
+        on_miss=on_miss,
     )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from webhook import names
+from webhook import names, template
 from webhook.clusterconfig import ClusterConfig, ServingMode
 from webhook.mutate import copy_mode_reason, fetch_spec, mutate
 from webhook.namespaces import ClaimInfo, NamespaceView
@@ -31,6 +31,7 @@ from webhook.selection import (
     metadata,
 )
 from webhook.skips import Skip, SkipReason
+from webhook.template import FLAG_OF, unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,12 @@ def parse_review(body: Any) -> AdmissionRequest:
     )
 
 
+def unsupported_settings(policy: Policy) -> list[str]:
+    """What of `policy`'s read-only/on-miss settings fetch cannot do yet (see FETCH_SUPPORTS)."""
+    needed = ("read-only", "on-miss") if policy.read_only else ()
+    return [s for s in needed if FLAG_OF[s] not in template.FETCH_SUPPORTS]
+
+
 def _truncate(text: str) -> str:
     return text if len(text) <= WARNING_MAX else text[: WARNING_MAX - 3] + "..."
 
@@ -187,7 +194,35 @@ def decide(
                         f"kserve-cache: serving mode copy instead of mount: {why}",
                     ),
                 )
+        if (
+            policy.read_only
+            and policy.on_miss == "private"
+            and policy.serving_mode is ServingMode.MOUNT
+            and not unsupported_settings(policy)
+        ):
+            # a read-only consumer downloads a miss into its own emptyDir: copy mode
+            policy = dataclasses.replace(
+                policy,
+                serving_mode=ServingMode.COPY,
+                sources={
+                    **policy.sources,
+                    "serving-mode": policy.sources.get("on-miss", Layer.CLUSTER),
+                },
+            )
         spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
+        missing = unsupported(spec)
+        if missing:
+            policy = dataclasses.replace(
+                policy,
+                warnings=(
+                    *policy.warnings,
+                    *(
+                        f"kserve-cache: {names.PREFIX}{setting} is not applied: this "
+                        f"release's fetch has no --{FLAG_OF[setting]} yet"
+                        for setting in missing
+                    ),
+                ),
+            )
         after = mutate(pod, policy, source=source, config=config, namespace=namespace, spec=spec)
     except Skip as skip:
         warnings = policy.warnings if policy else ()

@@ -49,6 +49,11 @@ class FetchSpec:
     isvc: str
     namespace: str
     endpoint: str = ""
+    refresh: str = "never"
+    digest: str = ""
+    prefetch: bool = False
+    read_only: bool = False
+    on_miss: str = "wait"
 
 
 def render(text: str, values: Mapping[str, str]) -> str:
@@ -78,13 +83,45 @@ def _env_from_key(item: Mapping[str, Any]) -> str:
     return repr(sorted((k, repr(v)) for k, v in item.items()))
 
 
+# The optional flags of `kserve-cache fetch` the webhook may emit: only those fetch's parser
+# has (a test checks this set against the real parser). A setting whose flag is missing here
+# is reported as not applied, never sent.
+FETCH_SUPPORTS: Final = frozenset({"endpoint", "copy-to"})
+# Settings that need a flag of their own, and that flag.
+FLAG_OF: Final = {
+    "refresh": "refresh",
+    "digest": "digest",
+    "prefetch": "prefetch",
+    "read-only": "read-only",
+    "on-miss": "on-miss",
+}
+
+
+def unsupported(spec: FetchSpec, supports: frozenset[str] | None = None) -> list[str]:
+    """The settings `spec` asks for that this release's `fetch` cannot do yet."""
+    supports = FETCH_SUPPORTS if supports is None else supports
+    wanted = {
+        "refresh": spec.refresh != "never",
+        "digest": bool(spec.digest),
+        "prefetch": spec.prefetch and spec.mode is ServingMode.MOUNT,
+        "read-only": spec.read_only,
+        "on-miss": spec.read_only,
+    }
+    return [s for s, on in wanted.items() if on and FLAG_OF[s] not in supports]
+
+
 def escape(value: str) -> str:
     """`value` as the kubelet will pass it: it expands `$(NAME)` in command, args and env
     values, and turns `$$` into `$`, so every `$` of data we write is doubled."""
     return value.replace("$", "$$")
 
 
-def fetch_args(spec: FetchSpec, template: InitContainerTemplate) -> list[str]:
+def fetch_args(
+    spec: FetchSpec,
+    template: InitContainerTemplate,
+    *,
+    supports: frozenset[str] | None = None,
+) -> list[str]:
     """`fetch` and its flags, each one `--flag=value` argument: a value that starts with `-`
     can never be taken for an option, and `$` is escaped for the kubelet."""
     args = [
@@ -103,6 +140,15 @@ def fetch_args(spec: FetchSpec, template: InitContainerTemplate) -> list[str]:
     ]
     if spec.mode is ServingMode.COPY:
         args.append(f"--copy-to={names.MODEL_MOUNT_PATH}")
+    missing = set(unsupported(spec, supports))
+    if spec.refresh != "never" and "refresh" not in missing:
+        args.append(f"--refresh={spec.refresh}")
+    if spec.digest and "digest" not in missing:
+        args.append(f"--digest={spec.digest}")
+    if spec.prefetch and spec.mode is ServingMode.MOUNT and "prefetch" not in missing:
+        args.append("--prefetch=true")
+    if spec.read_only and not missing & {"read-only", "on-miss"}:
+        args += ["--read-only", f"--on-miss={spec.on_miss}"]
     return args
 
 
@@ -179,9 +225,10 @@ _KEPT_SECURITY: Final = ("runAsUser", "runAsGroup")
 
 
 def _cache_mounts(spec: FetchSpec) -> list[dict[str, Any]]:
-    mounts: list[dict[str, Any]] = [
-        {"name": names.CACHE_VOLUME, "mountPath": spec.cache_mount_path},
-    ]
+    cache: dict[str, Any] = {"name": names.CACHE_VOLUME, "mountPath": spec.cache_mount_path}
+    if spec.read_only and not unsupported(spec):
+        cache["readOnly"] = True  # a read-only consumer never writes the shared cache
+    mounts: list[dict[str, Any]] = [cache]
     if spec.mode is ServingMode.COPY:
         mounts.append({"name": names.PROVISION_VOLUME, "mountPath": names.MODEL_MOUNT_PATH})
     return mounts

@@ -236,3 +236,20 @@ def test_explain_shows_the_new_settings(tmp_path: Path, capsys: pytest.CaptureFi
     assert ["prefetch", "true", "pod"] in rows
     assert ["read-only", "true", "namespace"] in rows
     assert ["on-miss", "wait", "built-in"] in rows
+
+
+def test_a_flag_fetch_gained_is_emitted() -> None:
+    """When fetch's parser gains one of these flags, add it to `template.FETCH_SUPPORTS`
+    (the webhook then sends the setting instead of warning that it is not applied); every
+    emitted form must then parse."""
+    from webhook.cli import build_parser
+
+    options = parser_options()
+    gained = {flag for flag in template.FLAG_OF.values() if flag in options}
+    assert gained <= template.FETCH_SUPPORTS, (
+        f"fetch now has {sorted(gained - template.FETCH_SUPPORTS)}: add them to "
+        "webhook.template.FETCH_SUPPORTS"
+    )
+    for mode in ServingMode:
+        args = template.fetch_args(all_set(mode), ClusterConfig().initContainer)
+        build_parser("fetch").parse_args(args)  # SystemExit on a form fetch refuses

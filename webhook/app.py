@@ -27,8 +27,10 @@ from prometheus_client import (
 from starlette.types import Receive, Scope, Send
 
 from webhook.config import ConfigStore
+from webhook.memo import DEFAULT_SIZE as MEMO_SIZE
+from webhook.memo import ReviewMemo
 from webhook.namespaces import NamespaceSource, StaticNamespaces
-from webhook.review import BadReview, parse_review, review
+from webhook.review import AdmissionRequest, BadReview, Decision, parse_review, review
 from webhook.skips import SkipReason
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class AppState:
     reload_interval: float = 2.0
     shutting_down: bool = False
     extra_ready_checks: list[Any] = field(default_factory=list)
+    memo: ReviewMemo = field(default_factory=ReviewMemo)
 
 
 def _refresh_config(state: AppState) -> None:
@@ -152,13 +155,14 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
-def _parse_json(raw: bytes) -> Any:
+def _parse_json(raw: bytes) -> tuple[Any, bool]:
     """orjson for speed; what it refuses (NaN, lone surrogates, nesting deeper than 1024, bad
-    UTF-8) goes to the stdlib parser, which accepts or raises exactly as it always did."""
+    UTF-8) goes to the stdlib parser, which accepts or raises exactly as it always did. The
+    flag: parsed by orjson (dumping it again gives the same document, so it can be memoized)."""
     try:
-        return orjson.loads(raw)
+        return orjson.loads(raw), True
     except orjson.JSONDecodeError:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8")), False
 
 
 FLOOR_RESPONSE: Final = orjson.dumps(
@@ -182,7 +186,7 @@ async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
     if raw is None:
         return _http_error(state, 413, "too-large", f"body larger than {state.max_body} bytes")
     try:
-        body = _parse_json(raw)
+        body, exact = _parse_json(raw)
     except UnicodeDecodeError:
         return _http_error(state, 400, "encoding", "body is not UTF-8")
     except RecursionError:
@@ -195,8 +199,17 @@ async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
         return _http_error(state, 400, "envelope", f"not an AdmissionReview: {exc}")
     # A pod request always names its namespace; one that does not gets no namespace's view.
     view = await state.namespaces.lookup(admission.namespace) if admission.namespace else None
-    result = review(admission, config=state.store.config, namespace=view)
+    config = state.store.config
+    # Pods of one ReplicaSet arrive identical: all but the first are answered from the memo.
+    key = state.memo.key(admission, view=view, config=config) if exact else None
+    remembered = state.memo.get(key, admission) if key is not None else None
+    if remembered is not None:
+        response, decision = remembered
+        return _answered(state, admission, decision, response, started)
+    result = review(admission, config=config, namespace=view)
     decision = result.decision
+    if key is not None:
+        state.memo.put(key, result)
     confirm = getattr(state.namespaces, "confirm_claim", None)
     if (
         decision.reason is SkipReason.PVC_MISSING
@@ -213,6 +226,17 @@ async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
                 view = dataclasses.replace(view, claims=None)
             result = review(admission, config=state.store.config, namespace=view)
             decision = result.decision
+    return _answered(state, admission, decision, result.response, started)
+
+
+def _answered(
+    state: AppState,
+    admission: AdmissionRequest,
+    decision: Decision,
+    response: dict[str, Any],
+    started: float,
+) -> Answer:
+    """Count, log when something needs reading, encode."""
     state.metrics.outcome(decision.kind, decision.reason.value if decision.reason else "").inc()
     # One line per pod only when something needs reading; outcomes are in the metrics and,
     # per pod, in the API server's audit annotations and the pod's status annotation.
@@ -229,7 +253,7 @@ async def _admit(state: AppState, scope: Scope, receive: Receive) -> Answer:
             "; ".join(decision.warnings),
         )
     state.metrics.latency.observe(time.perf_counter() - started)
-    return Answer(200, orjson.dumps(result.response))
+    return Answer(200, orjson.dumps(response))
 
 
 async def _floor(state: AppState, scope: Scope, receive: Receive) -> Answer:
@@ -283,6 +307,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     reload_interval: float = 2.0,
     floor: bool = False,
+    memo_size: int = MEMO_SIZE,
 ) -> WebhookApp:
     """The webhook app. `floor=True` adds `POST /floor` for benchmarks: the same HTTP path as
     /mutate (content type check, body read) with nothing parsed: it answers allowed, no patch."""
@@ -292,6 +317,7 @@ def create_app(
         metrics=Metrics(registry or CollectorRegistry()),
         max_body=max_body,
         reload_interval=reload_interval,
+        memo=ReviewMemo(memo_size),
     )
 
     @contextlib.asynccontextmanager

@@ -411,3 +411,40 @@ def test_the_install_page_status_example_is_what_preview_prints() -> None:
     (pod,) = [d for d in yaml.safe_load_all(out) if d]
     status = pod["metadata"]["annotations"]["cache.kserve.io/status"]
     assert json.loads(status) == json.loads(shown.group(1))
+
+
+def section_flags() -> list[pytest.ParameterSet]:
+    """Inline `--flag` spans inside a section titled after a command (`## kserve-cache gc`,
+    and its subsections), with that command."""
+    params = []
+    seen: set[str] = set()
+    for page in PAGES:
+        command: str | None = None
+        level = 0
+        for line in lines(page):
+            heading = re.match(r"(#{1,6})\s+(.+)", line.text) if not line.in_code else None
+            if heading:
+                depth = len(heading.group(1))
+                named = re.search(r"`kserve-cache ([a-z-]+)`", heading.group(2))
+                if named:
+                    command, level = named.group(1), depth
+                elif command is not None and depth <= level:
+                    command = None
+                continue
+            if command is None or line.in_code:
+                continue
+            for span in INLINE.findall(line.text):
+                match = re.fullmatch(r"(--[a-z][a-z0-9-]*)(?:[ =].*)?", span)
+                if match:
+                    ident = f"{rel(page)}:{line.number}:{command} {match.group(1)}"
+                    if ident not in seen:
+                        seen.add(ident)
+                        params.append(pytest.param(command, match.group(1), id=ident))
+    return params
+
+
+@pytest.mark.parametrize(("command", "flag"), section_flags())
+def test_flags_in_a_command_section_are_that_commands(command: str, flag: str) -> None:
+    _, subs = _parsers()
+    assert command in subs
+    assert flag in subs[command]._option_string_actions or flag in {"--log-level", "--help"}

@@ -239,6 +239,13 @@ def plan_share(
             raise ShareError(f"{source} is the writer's own claim; choose another namespace")
     pv_name = str(pv["metadata"]["name"])
     mode = READ_ONLY_MANY if read_only else READ_WRITE_MANY
+    if read_only and "csi" in (pv.get("spec") or {}):
+        warnings.append(
+            "the kubelet mounts a CSI volume read-only only for pods whose volume says "
+            "persistentVolumeClaim.readOnly: true (ReadOnlyMany is a binding label): enforce "
+            "it in the target namespaces with the ValidatingAdmissionPolicy of "
+            "manifests/examples/shared-cache.yaml (label them cache.kserve.io/read-only-tenant)"
+        )
     objects: list[dict[str, Any]] = []
     for target in targets:
         name = shared_volume_name(pv_name, target)
@@ -288,13 +295,16 @@ def _volume(
         if kind in spec:
             volume_source = copy.deepcopy(dict(spec[kind]))
             if mode == READ_ONLY_MANY:
-                # ReadOnlyMany on a claim is only a label; this makes the kubelet mount it
-                # read-only for every pod of the namespace, whatever the pod asks for.
-                volume_source["readOnly"] = True
+                volume_source["readOnly"] = True  # CSI: ControllerPublish read-only
             new_spec[kind] = volume_source
     for field in ("mountOptions", "nodeAffinity"):
         if spec.get(field):
             new_spec[field] = copy.deepcopy(spec[field])
+    if mode == READ_ONLY_MANY and "nfs" in spec and "ro" not in new_spec.get("mountOptions", []):
+        # ReadOnlyMany is only a label for binding, and the kubelet takes a PV's read-only
+        # flag from the pod (persistentVolumeClaim.readOnly). The in-tree NFS plugin mounts
+        # per pod with the PV's mountOptions, so `ro` here binds every pod of the namespace.
+        new_spec["mountOptions"] = [*new_spec.get("mountOptions", []), "ro"]
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",

@@ -62,7 +62,8 @@ def test_objects_bind_the_same_storage_and_validate(
         assert new["persistentVolumeReclaimPolicy"] == "Retain"
         assert new["accessModes"] == [mode]
         assert new["storageClassName"] == ""
-        assert new.get("mountOptions") == spec.get("mountOptions")
+        ro_option = ["ro"] if read_only and source == "nfs" else []
+        assert new.get("mountOptions", []) == [*spec.get("mountOptions", []), *ro_option]
         assert (new["claimRef"]["namespace"], new["claimRef"]["name"]) == (
             target.namespace,
             target.claim,
@@ -95,6 +96,18 @@ def test_names_are_deterministic_and_distinct() -> None:
         plan_share(claim("pvc-writer"), pv, targets=[long]).objects[0], VERSIONS[-1], strict=True
     )
     assert name != shared_volume_name("pvc-other", long)
+
+
+def test_read_only_csi_share_warns_about_the_pod_flag() -> None:
+    plan = plan_share(
+        claim("pvc-writer"), volume("pvc-writer", EFS_SPEC), targets=TARGETS, read_only=True
+    )
+    (warning,) = plan.warnings
+    assert "persistentVolumeClaim.readOnly: true" in warning
+    nfs = plan_share(
+        claim("pvc-writer"), volume("pvc-writer", NFS_SPEC), targets=TARGETS, read_only=True
+    )
+    assert nfs.warnings == ()  # the `ro` mount option binds every pod
 
 
 def test_delete_reclaim_policy_is_a_warning() -> None:

@@ -51,6 +51,9 @@ TARGET_PARSE_FLOOR_RATIO = 0.50
 RATIO_REVIEW = "03-kserve-after-s3-credentials"
 """The review of the parse-floor ratio: a KServe pod with S3 credentials, mutated."""
 FLOOR_APP = HERE / "floor_app.py"
+DISTINCT_PODS = 1000
+"""Variants of the ratio review (another generateName each): more than the webhook's memo
+holds, so each one is reviewed in full."""
 PY = REPO / ".venv" / "bin" / "python"
 
 
@@ -512,6 +515,9 @@ def render(results: dict[str, Any]) -> str:
             for c in configs
         )
         + " |",
+        "| the same, as distinct pods (no memo hit) | "
+        + " | ".join(_percent((c.get("parse_floor") or {}).get("distinct_ratio")) for c in configs)
+        + " |",
     ]
     for config in configs:
         parse = config.get("parse_floor")
@@ -527,7 +533,11 @@ def render(results: dict[str, Any]) -> str:
             "with orjson and allows the review with its uid. /mutate and the floor alternate "
             f"with `wrk`, {len(parse['ratios'])} pairs; the ratio is the median of the pairs' "
             f"ratios ({', '.join(f'{r:.2f}' for r in parse['ratios'])}). Review: "
-            f"{parse['review']} (mutated). Against the whole mix: {parse['mix_ratio']:.0%}.",
+            f"{parse['review']} (mutated), the same pod each time (a ReplicaSet scaling up: "
+            "answered from the webhook's memo after the first). The same review as "
+            f"{DISTINCT_PODS} distinct pods (another generateName each: every one reviewed in "
+            f"full): {_percent(parse.get('distinct_ratio'))}. /mutate over the whole mix against "
+            f"the floor over the same mix: {parse['mix_ratio']:.0%}.",
             "",
             "| run | throughput | p50 | p99 | server CPU us/req | load |",
             "|---|---|---|---|---|---|",
@@ -586,6 +596,10 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def bench_config(
     work: Path,
     items: list[Item],
@@ -595,6 +609,7 @@ def bench_config(
     workers: int,
     args: argparse.Namespace,
     ratio_list: Path | None = None,
+    distinct_list: Path | None = None,
 ) -> dict[str, Any]:
     """Every load run against one server configuration (`serve --workers N`); with
     `ratio_list` (one worker) also the parse-floor ratio, /mutate and the raw-ASGI floor
@@ -635,8 +650,11 @@ def bench_config(
                 for name, target, path, reviews in (
                     ("mutate:credentials", server, "mutate", ratio_list),
                     ("parse-floor:credentials", floor_server, "admit", ratio_list),
+                    ("mutate:credentials-distinct", server, "mutate", distinct_list),
                     ("parse-floor:mix", floor_server, "admit", list_file),
                 ):
+                    if reviews is None:
+                        continue
                     run = run_wrk(
                         target,
                         path,
@@ -693,6 +711,14 @@ def bench_config(
                 strict=True,
             )
         ]
+        distinct_pairs = [
+            m.rate / f.rate
+            for m, f in zip(
+                parse_floor.get("mutate:credentials-distinct", []),
+                parse_floor["parse-floor:credentials"],
+                strict=False,
+            )
+        ]
         mix_pairs = [
             m.rate / f.rate
             for m, f in zip(saturation["mutate"], parse_floor["parse-floor:mix"], strict=True)
@@ -702,6 +728,9 @@ def bench_config(
             "ratio": round(statistics.median(pairs), 3),
             "ratios": [round(r, 3) for r in pairs],
             "mix_ratio": round(statistics.median(mix_pairs), 3),
+            "distinct_ratio": round(statistics.median(distinct_pairs), 3)
+            if distinct_pairs
+            else None,
             "ok": statistics.median(pairs) >= TARGET_PARSE_FLOOR_RATIO,
             "runs": {k: [asdict(r) for r in v] for k, v in parse_floor.items()},
         }
@@ -772,6 +801,17 @@ def main() -> int:
         ratio_item = next(i for i, item in enumerate(items) if item.name == RATIO_REVIEW)
         ratio_list = work / "ratio-review.txt"
         ratio_list.write_text(f"{paths[ratio_item]}\n")
+        # the same pod with a different generateName each time: the memo never hits
+        distinct_paths = []
+        for n in range(DISTINCT_PODS):
+            variant = json.loads(items[ratio_item].body)
+            meta = variant["request"]["object"]["metadata"]
+            meta["generateName"] = f"{meta.get('generateName', 'pod-')}{n:04d}-"
+            path = work / f"distinct-{n:04d}.json"
+            path.write_bytes(json.dumps(variant, separators=(",", ":")).encode())
+            distinct_paths.append(path)
+        distinct_list = work / "distinct-reviews.txt"
+        distinct_list.write_text("".join(f"{p}\n" for p in distinct_paths))
         configs = [
             bench_config(
                 work,
@@ -781,6 +821,7 @@ def main() -> int:
                 workers=n,
                 args=args,
                 ratio_list=ratio_list if n == 1 else None,
+                distinct_list=distinct_list if n == 1 else None,
             )
             for n in worker_counts
         ]

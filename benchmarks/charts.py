@@ -105,8 +105,9 @@ def readpath(data: dict[str, Any], out: Path) -> None:
                 continue
             ax.barh(names, values, left=left, color=color, label=name)
             left = [a + b for a, b in zip(left, values, strict=True)]
-        for index, total in enumerate(left):
-            ax.text(total, index, f" {total:.2f} s", va="center", fontsize=7)
+        for index, (total, row) in enumerate(zip(left, rows, strict=True)):
+            # the label is the median of the whole runs (the bars: medians of each phase)
+            ax.text(total, index, f" {row['median_s']:.2f} s", va="center", fontsize=7)
         ideal = fs["model"]["bytes"] / 1e6 / fs["ceiling_mb_s"]
         ax.axvline(ideal, color="#d62728", linestyle="--", linewidth=1)
         ax.text(

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +199,75 @@ def test_probe_verdicts() -> None:
     optional = doctor.check_probe(_Report(_Check("symlink", False, "EPERM", required=False)))
     assert optional.status is Status.WARN
     assert doctor.check_probe(None, error="x").status is Status.WARN
+
+
+SETPRIV = shutil.which("setpriv")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
+@pytest.mark.parametrize(
+    ("group", "mode", "groups", "status"),
+    [
+        pytest.param(0, 0o755, "65532", "fail", id="root-owned-755"),
+        pytest.param(1000, 0o2775, "1000", "ok", id="group-1000-setgid"),
+        pytest.param(1000, 0o2775, "65532", "fail", id="not-in-the-group"),
+    ],
+)
+def test_as_the_fetchers_uid(group: int, mode: int, groups: str, status: str) -> None:
+    """A real process as uid 65532 (the images' user) with the given groups, as a pod's
+    fsGroup would give it, on a root-owned share root."""
+    import tempfile
+
+    # pytest's tmp folders are private to root (0700): the share needs a path uid 65532 can walk
+    base = Path(tempfile.mkdtemp(prefix="doctor-share-"))
+    base.chmod(0o755)
+    try:
+        _run_as_fetcher(base / "share", group=group, mode=mode, groups=groups, status=status)
+    finally:
+        shutil.rmtree(base)
+
+
+def _run_as_fetcher(root: Path, *, group: int, mode: int, groups: str, status: str) -> None:
+    assert SETPRIV is not None
+    root.mkdir()
+    os.chown(root, 0, group)
+    root.chmod(mode)
+    exe = Path(sys.executable).parent / "kserve-cache"
+    result = subprocess.run(
+        [
+            SETPRIV,
+            "--reuid",
+            "65532",
+            "--regid",
+            "65532",
+            f"--groups={groups}",
+            str(exe),
+            "doctor",
+            "-o",
+            "json",
+            "--cache-root",
+            str(root),
+            "--bench-bytes",
+            "1Mi",
+            "--metadata-files",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["root-permissions"]["status"] == status, checks["root-permissions"]
+    assert "running as uid 65532" in checks["root-permissions"]["detail"]
+    if status == "fail":
+        assert result.returncode == 1, result.stderr
+        assert checks["capability-probe"]["status"] == "warn"  # not run: cannot write
+        assert "chmod 2775" in checks["root-permissions"]["hint"]
+    else:
+        # (the probe's second process needs this machine's interpreter, which may live where
+        # uid 65532 cannot go: its verdict is not judged here)
+        assert "capability-probe" in checks
+        assert checks["throughput"]["status"] in {"ok", "warn"}
+        assert "(1 MiB, fsync'd)" in checks["throughput"]["detail"]
+        assert not list(root.iterdir()) or {p.name for p in root.iterdir()} <= {".probe"}

@@ -509,7 +509,7 @@ def volume_checks(args: argparse.Namespace) -> list[Result]:
     root_result = doctor.check_root(facts, read_only=args.read_only)
     if not facts.exists or not facts.is_dir:
         return [root_result]
-    results.append(_probe(root, read_only=args.read_only or not facts.writable))
+    results.append(_probe(root, read_only=args.read_only, writable=facts.writable))
     results.append(root_result)
     results.extend(doctor.check_space(space_facts(root)))
     if args.read_only or not facts.writable:
@@ -548,14 +548,16 @@ def volume_checks(args: argparse.Namespace) -> list[Result]:
     return results
 
 
-def _probe(root: Path, *, read_only: bool) -> Result:
+def _probe(root: Path, *, read_only: bool, writable: bool) -> Result:
     if read_only:
         return doctor._result(
             doctor.GROUP_VOLUME,
             "capability-probe",
             Status.OK,
-            "read-only here: the probe needs a writable root (run it where fetch writes)",
+            "read-only consumer: not probed here (the writer's fetch probes the volume)",
         )
+    if not writable:
+        return doctor.check_probe(None, error="the root is not writable here (root-permissions)")
     try:
         from webhook.cache import probe  # the netfs helper's module
     except ImportError:

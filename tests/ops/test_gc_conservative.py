@@ -118,3 +118,35 @@ def test_gc_without_a_budget_says_it_evicts_nothing(layout: Layout) -> None:
     assert "no budget given" in proc.stderr
     assert "no entry is evicted" in proc.stderr
     assert len(list_keys(layout)) == 1
+
+
+def test_a_use_seen_only_after_the_cache_margin_restores_the_entry(layout: Layout) -> None:
+    """Through a client cache, another node's use may show only seconds later: the final check
+    waits the cache margin with the entry in .trash, then reads the record again."""
+    import threading
+
+    now = time.time()
+    key = build_entry(layout, "m", size=5000, last_used=now - DAY, created_at=now - DAY).key
+    budget = Budget(max_bytes=0, grace=0, cache_margin=1.5)
+    plan = plan_gc(scan(layout, now=now, lease_ttl=120), budget=budget, now=now, in_use=None)
+    result: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: result.update(out=execute(layout, plan, budget=budget))
+    )
+    worker.start()
+    deadline = time.monotonic() + 10
+    while layout.entry(key).exists():  # renamed aside: now in its margin
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    record_usage(layout, key, "hit")  # what the stale client would only have shown later
+    worker.join(10)
+    outcome = result["out"]
+    assert outcome.skipped == {key: "used-during-eviction"}  # type: ignore[attr-defined]
+    assert entry_problems(layout, key) == []
+
+
+def test_cache_margin_is_zero_on_a_local_filesystem(tmp_path: Path) -> None:
+    from webhook.cache.gc import cache_margin_for, filesystem_type
+
+    assert filesystem_type(tmp_path) in ("ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs")
+    assert cache_margin_for(tmp_path) == 0.0

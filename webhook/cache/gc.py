@@ -161,6 +161,10 @@ class Budget:
     max_age: float | None = None
     grace: float = DEFAULT_GRACE
     lease_ttl: float = DEFAULT_LEASE_TTL
+    cache_margin: float = 0.0
+    """Seconds an evicted entry waits in `.trash/` before the final check of its usage record:
+    longer than the clients' attribute/entry caches, so that check sees every use made before
+    the rename (`cache_margin_for` picks it from the filesystem type)."""
 
     def __post_init__(self) -> None:
         if self.max_bytes is not None and self.max_bytes < 0:
@@ -169,8 +173,10 @@ class Budget:
             raise GcError("max_usage is a percentage between 0 and 100")
         if self.max_age is not None and self.max_age < 0:
             raise GcError("max_age must not be negative")
-        if self.grace < 0 or self.lease_ttl <= 0:
-            raise GcError("grace must not be negative and lease_ttl must be positive")
+        if self.grace < 0 or self.lease_ttl <= 0 or self.cache_margin < 0:
+            raise GcError(
+                "grace and cache margin must not be negative and lease_ttl must be positive"
+            )
 
     @property
     def any(self) -> bool:
@@ -529,9 +535,27 @@ def execute(
     gets its entry back), and only then deleted.
     """
     outcome = Outcome()
+    aside: list[tuple[Decision, Path, float]] = []
     for decision in plan.evict:
         try:
-            _evict_one(layout, decision, budget=budget, clock=clock, outcome=outcome)
+            moved = _move_aside(layout, decision, budget=budget, clock=clock, outcome=outcome)
+        except OSError as exc:
+            logger.error("could not evict %s: %s", decision.key, exc)
+            outcome.errors.append(f"{decision.key}: {exc}")
+            continue
+        if moved is not None:
+            aside.append((decision, *moved))
+    if aside and budget.cache_margin > 0:
+        # Another node's use may reach us that much later through our client's caches.
+        logger.info(
+            "waiting %.0fs (cache margin) before the final check of %d entries",
+            budget.cache_margin,
+            len(aside),
+        )
+        time.sleep(budget.cache_margin)
+    for decision, trash, seen in aside:
+        try:
+            _final_check(layout, decision, trash, seen, outcome=outcome)
         except OSError as exc:
             logger.error("could not evict %s: %s", decision.key, exc)
             outcome.errors.append(f"{decision.key}: {exc}")
@@ -559,6 +583,41 @@ def _break_if_dead(layout: Layout, key: str, *, budget: Budget) -> bool:
     if volume_now(layout) - view.mtime <= dead_after(budget.lease_ttl):
         return False
     return break_dead(layout, view, by=f"gc/{new_holder_id()}")
+
+
+NETWORK_FILESYSTEMS: Final = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs",
+                               "lustre", "gpfs", "9p", "fuse", "beegfs", "afs")  # fmt: skip
+NETWORK_CACHE_MARGIN: Final = 65.0
+"""NFS caches attributes for at most 60 s by default (acregmax/acdirmax); GlusterFS's
+md-cache-timeout is at most 60 s; kernel FUSE entry/attribute timeouts are set per mount."""
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding `path` (from /proc/self/mountinfo), or ""."""
+    target = str(path.resolve())
+    best, kind = "", ""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(
+            best
+        ):
+            best, kind = mount, right.split()[0] if right.split() else ""
+    return kind
+
+
+def cache_margin_for(path: Path) -> float:
+    """The default cache margin: 0 on a local filesystem, 65 s on a network or FUSE one."""
+    kind = filesystem_type(path)
+    family = kind.split(".", 1)[0]
+    return NETWORK_CACHE_MARGIN if family in NETWORK_FILESYSTEMS else 0.0
 
 
 def retire_superseded(layout: Layout, *, ttl: float) -> int:
@@ -597,25 +656,27 @@ def _busy(layout: Layout, key: str, *, budget: Budget, now: float) -> str:
     return ""
 
 
-def _evict_one(
+def _move_aside(
     layout: Layout,
     decision: Decision,
     *,
     budget: Budget,
     clock: Callable[[], float],
     outcome: Outcome,
-) -> None:
+) -> tuple[Path, float] | None:
+    """Check an entry once more, then rename it into `.trash/`: (its trash path, the last use
+    the plan knew), or None when it stays."""
     key = decision.key
     try:
         before = read_usage_checked(layout, key)
     except UnreadableRecord:
         outcome.skipped[key] = "usage-unreadable"
-        return
+        return None
     seen = max(decision.last_used, before.last_used if before else 0.0)
     busy = _busy(layout, key, budget=budget, now=clock())
     if busy:
         outcome.skipped[key] = busy
-        return
+        return None
     source = layout.entry(key)
     trash = layout.new_trash(key, now=clock())
     trash.parent.mkdir(exist_ok=True)
@@ -623,10 +684,18 @@ def _evict_one(
         source.rename(trash)
     except FileNotFoundError:
         outcome.skipped[key] = "gone"  # another gc got there first
-        return
-    # The final check, after the rename: re-read the record with open/read (close-to-open
-    # consistency on NFS). A use newer than the plan, or a record we cannot read, means a
-    # fetch found the entry between our check and the rename: put it back whole.
+        return None
+    return trash, seen
+
+
+def _final_check(
+    layout: Layout, decision: Decision, trash: Path, seen: float, *, outcome: Outcome
+) -> None:
+    """After the rename (and the cache margin): re-read the record with open/read
+    (close-to-open consistency on NFS). A use newer than the plan, or a record we cannot
+    read, means a fetch found the entry before the rename: put it back whole."""
+    key = decision.key
+    source = layout.entry(key)
     try:
         after = read_usage_checked(layout, key)
         used = after is not None and after.last_used > seen

@@ -103,6 +103,10 @@ def discard(layout: Layout, path: Path, *, key: str | None = None) -> bool:
         path.rename(trash)
     except FileNotFoundError:
         return False
+    except PermissionError:
+        if not path.exists() and not path.is_symlink():
+            return False  # sshfs answers a lost rename race with EPERM: the rival won
+        raise
     remove_tree(trash)
     return True
 

@@ -51,6 +51,10 @@ def percent_arg(text: str) -> float:
     return value
 
 
+def margin_arg(text: str) -> float | None:
+    return None if text.strip() == "auto" else duration_arg(text)
+
+
 def seconds_arg(text: str) -> float:
     value = duration_arg(text)
     if value <= 0:
@@ -95,6 +99,15 @@ def add_parser(subparsers: Any) -> None:
         default=120.0,
         metavar="SECONDS",
         help="a lease without a heartbeat this long is dead (default 120, as fetch)",
+    )
+    p.add_argument(
+        "--cache-margin",
+        type=margin_arg,
+        default=None,
+        metavar="DURATION",
+        help="how long evicted entries wait in .trash before the final check of their usage "
+        "record; must exceed the clients' attribute caches (default auto: 0 on a local "
+        "filesystem, 65s on NFS, SMB, CephFS, GlusterFS and other FUSE mounts)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument(
@@ -149,7 +162,15 @@ NO_BUDGET_NOTE = (
 
 def run(args: argparse.Namespace) -> int:
     from webhook import names
-    from webhook.cache.gc import Budget, execute, keys_in_use, plan_gc, plan_to_dict, scan
+    from webhook.cache.gc import (
+        Budget,
+        cache_margin_for,
+        execute,
+        keys_in_use,
+        plan_gc,
+        plan_to_dict,
+        scan,
+    )
     from webhook.cache.layout import Layout
 
     try:
@@ -159,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
             max_age=args.max_age,
             grace=args.grace,
             lease_ttl=args.lease_ttl,
+            cache_margin=(
+                cache_margin_for(args.cache_root)
+                if args.cache_margin is None
+                else args.cache_margin
+            ),
         )
     except GcError as exc:
         sys.stderr.write(f"kserve-cache gc: error: {exc}\n")

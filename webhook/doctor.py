@@ -532,6 +532,51 @@ def check_cluster_config(
     )
 
 
+FETCHER_ENV: Final = "KSERVE_CACHE_FETCHER_IMAGE"
+
+
+def _tag(image: str) -> str | None:
+    """The tag of an image reference (None for a digest or no tag)."""
+    if "@" in image:
+        return None
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def check_images(deployment: Mapping[str, Any] | None, config: ClusterConfig | None) -> Result:
+    """Which images run the webhook and the injected init container, and whether they are the
+    same version (the webhook computes cache keys, fetch refuses a key it computes otherwise)."""
+    check = "images"
+    containers = ((deployment or {}).get("spec") or {}).get("template", {}).get("spec", {}).get(
+        "containers"
+    ) or []
+    if not containers:
+        return _result(
+            GROUP_WEBHOOK, check, Status.WARN, "no webhook Deployment to read the images from"
+        )
+    webhook = str(containers[0].get("image", ""))
+    env = {e.get("name"): e.get("value") for e in containers[0].get("env") or []}
+    if config is not None and "image" in config.initContainer.model_fields_set:
+        fetcher, source = config.initContainer.image, "the ConfigMap's initContainer.image"
+    elif env.get(FETCHER_ENV):
+        fetcher, source = str(env[FETCHER_ENV]), f"the Deployment's {FETCHER_ENV}"
+    else:
+        fetcher = (config or ClusterConfig()).initContainer.image
+        source = "the built-in default"
+    detail = f"webhook {webhook}; fetcher {fetcher} (from {source})"
+    webhook_tag, fetcher_tag = _tag(webhook), _tag(fetcher)
+    if webhook_tag and fetcher_tag and webhook_tag != fetcher_tag:
+        return _result(
+            GROUP_WEBHOOK,
+            check,
+            Status.WARN,
+            f"{detail}: different versions",
+            "give both images the same version (one kustomize images: entry each): a fetcher "
+            "of another version may compute other cache keys and refuse them",
+        )
+    return _result(GROUP_WEBHOOK, check, Status.OK, detail)
+
+
 # ---- namespaces and their cache claims ---------------------------------------------------------
 
 GROUP_NAMESPACES: Final = "namespaces"
@@ -944,6 +989,7 @@ ALL_CHECKS: Final = (
     "webhook-selectors",
     "kserve-pod-mutator",
     "cluster-config",
+    "images",
     "claim-exists",
     "claim-bound",
     "claim-rwx",

@@ -139,6 +139,7 @@ def test_a_healthy_install_passes_every_check(
         "webhook-selectors": "ok",
         "kserve-pod-mutator": "ok",
         "cluster-config": "ok",
+        "images": "ok",
         "claim models/kserve-model-cache": "ok",
         "access models/kserve-model-cache": "ok",
         "fsgroup models/kserve-model-cache": "ok",
@@ -161,7 +162,7 @@ def test_text_output_has_symbols_hints_and_links(
     assert "✗ deployment-ready: Deployment kserve-cache/kserve-cache-webhook: 0/2" in out
     assert "    hint: kubectl -n kserve-cache describe pods" in out
     assert "    see: docs/troubleshooting.md#deployment-ready" in out
-    assert out.rstrip().endswith("(10 ok, 0 warnings, 1 failed)")
+    assert out.rstrip().endswith("(11 ok, 0 warnings, 1 failed)")
 
 
 def _expire(install: Install, *, days: int, dns: tuple[str, ...] = DNS) -> None:
@@ -240,7 +241,27 @@ def _fs_group(policy: str | None) -> Callable[[Install], None]:
     return edit
 
 
+def _fetcher_env(value: str) -> Callable[[Install], None]:
+    def edit(install: Install) -> None:
+        def change(d: dict[str, Any]) -> None:
+            (container,) = d["spec"]["template"]["spec"]["containers"]
+            for env in container["env"]:
+                if env["name"] == "KSERVE_CACHE_FETCHER_IMAGE":
+                    env["value"] = value
+
+        install.change("deployment", change)
+
+    return edit
+
+
 BREAKAGES = [
+    pytest.param(
+        _fetcher_env("registry.example.com/fetcher:0.0.9"),
+        "images",
+        "warn",
+        "different versions",
+        id="image-version-skew",
+    ),
     pytest.param(
         lambda i: i.remove("deployment"),
         "deployment-ready",
@@ -449,3 +470,23 @@ def test_a_configuration_that_sorts_before_kserve(
     assert words in checks["webhook-order"]["detail"]
     assert "sorts before inferenceservice.serving.kserve.io" in checks["webhook-order"]["detail"]
     assert code == (1 if status == "fail" else 0)
+
+
+def test_images_say_where_the_fetcher_image_comes_from(
+    install: Install, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, checks = doctor(install, capsys)
+    assert checks["images"]["detail"] == (
+        "webhook ghcr.io/kserve-cache/kserve-cache:0.1.0; fetcher "
+        "ghcr.io/kserve-cache/kserve-cache-fetcher:0.1.0 (from the Deployment's "
+        "KSERVE_CACHE_FETCHER_IMAGE)"
+    )
+    install.change(
+        "configmap",
+        lambda c: c["data"].update(
+            {"config.yaml": "initContainer:\n  image: registry.example.com/f@sha256:" + "a" * 64}
+        ),
+    )
+    _, checks = doctor(install, capsys)
+    assert checks["images"]["status"] == "ok"  # a digest: no version to compare
+    assert "(from the ConfigMap's initContainer.image)" in checks["images"]["detail"]

@@ -282,6 +282,8 @@ def cluster_checks(api: _Api, args: argparse.Namespace, *, now: dt.datetime) -> 
         for name in ("ca-bundle", "webhook-order", "webhook-selectors", "kserve-pod-mutator"):
             results.append(_forbidden(name, "MutatingWebhookConfigurations"))
     results.append(config_result)
+    if dep_ok and deployment is not None:
+        results.append(doctor.check_images(deployment, config))
     results.extend(_namespace_checks(api, args, namespaces=namespaces, config=config))
     return results
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -302,3 +304,36 @@ def test_exporter_bad_port(cache: tuple[Layout, dict[str, str]], port: str) -> N
     proc = run_cli("stats", "--cache-root", str(layout.root), "--serve", "--port", port)
     assert proc.returncode == 2
     assert "--port" in proc.stderr
+
+
+@pytest.fixture
+def read_only_view(cache: tuple[Layout, dict[str, str]], tmp_path: Path) -> Iterator[Path]:
+    """The cache root bind-mounted read-only, as a pod's `readOnly: true` claim mount is."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    view = tmp_path / "ro"
+    view.mkdir()
+    layout, _ = cache
+    done = subprocess.run(["mount", "--bind", str(layout.root), str(view)], check=False)
+    if done.returncode != 0:
+        pytest.skip("mount --bind is not allowed here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        yield view
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+def test_exporter_on_a_read_only_mount(read_only_view: Path) -> None:
+    with pytest.raises(OSError, match="Read-only file system"):
+        (read_only_view / "probe").write_text("x")
+    proc, url = _start_exporter(read_only_view, "--min-interval", "0")
+    try:
+        figures = _scrape(url)
+        assert figures["kserve_cache_entries"] == 2
+        assert figures["kserve_cache_window_hit_ratio{window=24h}"] == 0.5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -158,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
             progress_interval=args.progress_interval,
         )
     except FetchError as exc:
-        return _fail(exc.kind.value, exc.kind.exit_code, exc.message, uri=uri, revision=revision)
+        return _fail(exc.kind.value, exc.kind.exit_code, exc.message, uri=uri, revision=revision,
+                     key=key)  # fmt: skip
     except Terminated as exc:
-        return _fail("terminated", exc.code, TERMINATED_MESSAGE, uri=uri, revision=revision)
+        return _fail("terminated", exc.code, TERMINATED_MESSAGE, uri=uri, revision=revision,
+                     key=key)  # fmt: skip
     _emit(
         {
             "outcome": result.outcome,
@@ -177,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fail(kind: str, code: int, message: str, *, uri: str, revision: str) -> int:
+def _fail(
+    kind: str, code: int, message: str, *, uri: str, revision: str, key: str | None = None
+) -> int:
     logger.error("%s", message)
     _emit(
         {
@@ -185,7 +189,7 @@ def _fail(kind: str, code: int, message: str, *, uri: str, revision: str) -> int
             "error": kind,
             "exit_code": code,
             "message": message,
-            "key": cache_key(uri, revision) if uri else "",
+            "key": key if key is not None else (cache_key(uri, revision) if uri else ""),
             "uri": uri,
             "revision": revision,
             "bytes": 0,

@@ -532,6 +532,69 @@ def check_cluster_config(
     )
 
 
+@dataclass(frozen=True)
+class EndpointFacts:
+    """What a TLS connection to the running webhook showed (`doctor --webhook-url`)."""
+
+    url: str
+    server_name: str
+    error: str | None = None  # connection or TLS failure
+    status: int | None = None  # of GET /readyz
+    body: str = ""
+    served_cert_der: bytes | None = None
+
+
+def ca_bundle_pem(webhook_config: Mapping[str, Any] | None) -> bytes | None:
+    """The first webhook's caBundle as PEM (what the API server trusts), if readable."""
+    for hook in (webhook_config or {}).get("webhooks") or []:
+        raw = ((hook.get("clientConfig") or {}).get("caBundle") or "").strip()
+        if raw:
+            try:
+                return base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+def check_endpoint(facts: EndpointFacts, secret_cert: x509.Certificate | None) -> Result:
+    """The webhook as the API server meets it: TLS verified against the caBundle for the
+    Service's name, `/readyz` ok, and the certificate served the one the Secret holds."""
+    check = "webhook-endpoint"
+    where = f"{facts.url} (as {facts.server_name})"
+    if facts.error is not None:
+        return _result(
+            GROUP_WEBHOOK,
+            check,
+            Status.FAIL,
+            f"{where}: {facts.error}",
+            "the API server fails the same way and admits pods without the cache: see "
+            "ca-bundle and certificate-valid",
+        )
+    if facts.status != 200:
+        return _result(
+            GROUP_WEBHOOK,
+            check,
+            Status.FAIL,
+            f"{where}: /readyz answered {facts.status}: {facts.body.strip()[:200]}",
+            "kubectl -n kserve-cache logs deploy/kserve-cache-webhook",
+        )
+    if secret_cert is not None and facts.served_cert_der is not None:
+        served = x509.load_der_x509_certificate(facts.served_cert_der)
+        if served != secret_cert:
+            return _result(
+                GROUP_WEBHOOK,
+                check,
+                Status.WARN,
+                f"{where}: ready, but serves a certificate (serial {served.serial_number:x}) "
+                f"other than the Secret's (serial {secret_cert.serial_number:x})",
+                "the kubelet updates a mounted Secret within a minute or two and serve reloads "
+                "it; if this lasts, restart the Deployment",
+            )
+    return _result(
+        GROUP_WEBHOOK, check, Status.OK, f"{where}: TLS trusted by the caBundle, /readyz ok"
+    )
+
+
 FETCHER_ENV: Final = "KSERVE_CACHE_FETCHER_IMAGE"
 
 
@@ -990,6 +1053,7 @@ ALL_CHECKS: Final = (
     "kserve-pod-mutator",
     "cluster-config",
     "images",
+    "webhook-endpoint",
     "claim-exists",
     "claim-bound",
     "claim-rwx",

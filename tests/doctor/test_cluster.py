@@ -490,3 +490,73 @@ def test_images_say_where_the_fetcher_image_comes_from(
     _, checks = doctor(install, capsys)
     assert checks["images"]["status"] == "ok"  # a digest: no version to compare
     assert "(from the ConfigMap's initContainer.image)" in checks["images"]["detail"]
+
+
+# ---- the running webhook (--webhook-url) -------------------------------------------------------
+
+
+@pytest.fixture
+def served(install: Install, tmp_path: Path) -> Iterator[tuple[Install, str]]:
+    """A real `kserve-cache serve` with the install's certificate (also valid for localhost,
+    which the start-up health check uses)."""
+    from tests.conftest import start_server, stop_server
+
+    pair = certs.generate_serving_cert(install.ca, dns_names=(*DNS, "localhost"))
+    install.serving = pair
+    install.kube.put_object(secret(pair))
+    folder = tmp_path / "serving"
+    folder.mkdir()
+    (folder / "tls.crt").write_bytes(pair.cert_pem)
+    (folder / "tls.key").write_bytes(pair.key_pem)
+    (folder / "ca.crt").write_bytes(install.ca.cert_pem)
+    server = start_server(
+        tmp_path,
+        "--no-cluster",
+        cert_args=["--cert-file", str(folder / "tls.crt"), "--key-file", str(folder / "tls.key")],
+        ca_file=folder / "ca.crt",
+    )
+    try:
+        yield install, server.url.replace("localhost", "127.0.0.1")
+    finally:
+        stop_server(server)
+
+
+def test_the_running_webhook_is_trusted_and_ready(
+    served: tuple[Install, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    install, url = served
+    code, checks = doctor(install, capsys, "--webhook-url", url)
+    assert checks["webhook-endpoint"]["status"] == "ok", checks["webhook-endpoint"]
+    assert "as kserve-cache-webhook.kserve-cache.svc" in checks["webhook-endpoint"]["detail"]
+    assert code == 0
+
+
+def test_a_webhook_the_ca_bundle_does_not_trust(
+    served: tuple[Install, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    install, url = served
+    _other_ca(install)
+    code, checks = doctor(install, capsys, "--webhook-url", url)
+    assert checks["webhook-endpoint"]["status"] == "fail"
+    assert "TLS: " in checks["webhook-endpoint"]["detail"]
+    assert code == 1
+
+
+def test_a_webhook_serving_another_certificate_than_the_secret(
+    served: tuple[Install, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    install, url = served
+    rotated = certs.generate_serving_cert(install.ca, dns_names=DNS)
+    install.kube.put_object(secret(rotated))  # the Secret moved on, the pod did not (yet)
+    code, checks = doctor(install, capsys, "--webhook-url", url)
+    assert checks["webhook-endpoint"]["status"] == "warn"
+    assert "other than the Secret's" in checks["webhook-endpoint"]["detail"]
+    assert code == 0
+
+
+def test_no_webhook_listening(install: Install, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import free_port
+
+    code, checks = doctor(install, capsys, "--webhook-url", f"https://127.0.0.1:{free_port()}")
+    assert checks["webhook-endpoint"]["status"] == "fail"
+    assert code == 1

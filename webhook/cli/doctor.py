@@ -108,6 +108,14 @@ def add_parser(subparsers: Any) -> None:
         "(default: the claims `kserve-cache share` made are checked against their writer)",
     )
     c.add_argument(
+        "--webhook-url",
+        default=None,
+        metavar="URL",
+        help="also connect to the running webhook (e.g. https://localhost:8443 through "
+        "`kubectl -n kserve-cache port-forward svc/kserve-cache-webhook 8443:443`): TLS "
+        "checked against the caBundle for the Service's name, /readyz, the certificate served",
+    )
+    c.add_argument(
         "--cert-warn-days",
         type=_count,
         default=doctor.CERT_WARN_DAYS,
@@ -282,10 +290,68 @@ def cluster_checks(api: _Api, args: argparse.Namespace, *, now: dt.datetime) -> 
         for name in ("ca-bundle", "webhook-order", "webhook-selectors", "kserve-pod-mutator"):
             results.append(_forbidden(name, "MutatingWebhookConfigurations"))
     results.append(config_result)
+    if args.webhook_url:
+        facts = probe_endpoint(
+            args.webhook_url,
+            ca_pem=doctor.ca_bundle_pem(ours),
+            server_name=f"{args.service}.{ns}.svc",
+        )
+        results.append(doctor.check_endpoint(facts, cert))
     if dep_ok and deployment is not None:
         results.append(doctor.check_images(deployment, config))
     results.extend(_namespace_checks(api, args, namespaces=namespaces, config=config))
     return results
+
+
+def probe_endpoint(
+    url: str, *, ca_pem: bytes | None, server_name: str, timeout: float = 5.0
+) -> doctor.EndpointFacts:
+    """GET /readyz over TLS verified as the API server verifies it: against the caBundle, for
+    the Service's DNS name (whatever host the URL names, e.g. a port-forward)."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return doctor.EndpointFacts(url, server_name, error="not an https:// URL")
+    if not ca_pem:
+        return doctor.EndpointFacts(
+            url, server_name, error="no caBundle to verify the webhook with"
+        )
+    try:
+        context = ssl.create_default_context(cadata=ca_pem.decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        return doctor.EndpointFacts(url, server_name, error=f"unreadable caBundle: {exc}")
+    try:
+        with (
+            socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            served = tls.getpeercert(binary_form=True)
+            tls.sendall(
+                f"GET /readyz HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+    except ssl.SSLCertVerificationError as exc:
+        return doctor.EndpointFacts(url, server_name, error=f"TLS: {exc.verify_message}")
+    except (OSError, ssl.SSLError) as exc:
+        return doctor.EndpointFacts(url, server_name, error=str(exc))
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        return doctor.EndpointFacts(url, server_name, error=f"not HTTP: {status_line!r}")
+    return doctor.EndpointFacts(
+        url,
+        server_name,
+        status=status,
+        body=body.decode("utf-8", "replace"),
+        served_cert_der=served,
+    )
 
 
 def _forbidden(name: str, what: str) -> Result:

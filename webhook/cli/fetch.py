@@ -36,6 +36,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--key", required=True, help="cache key; must equal cache_key(uri, revision)")
     p.add_argument("--revision", default="", help="revision, part of the key (default none)")
     p.add_argument("--copy-to", type=Path, help="copy mode: copy the entry into this folder")
+    add_read_arguments(p)
     p.add_argument(
         "--endpoint",
         default="",
@@ -45,12 +46,59 @@ def add_parser(subparsers: Any) -> None:
     from webhook.cache.probe import add_probe_arguments
 
     add_probe_arguments(p)
+    from webhook.cache.readonly import add_arguments as add_read_only_arguments
+
+    add_read_only_arguments(p)  # --read-only, --on-miss, --miss-wait, --usage-dir (issue 16)
     p.add_argument(
         "--termination-log",
         default=DEFAULT_TERMINATION_LOG,
         help=f"file for the failure message (default {DEFAULT_TERMINATION_LOG})",
     )
     p.set_defaults(run=run)
+
+
+def add_read_arguments(p: argparse.ArgumentParser) -> None:
+    """`--prefetch`, `--parallel`, `--block-size`: how the entry is read (docs/performance.md)."""
+    from webhook.cache.copy import DEFAULT_WORKERS, parse_block_size, parse_workers
+
+    def checked(parse: Any, name: str) -> Any:
+        def convert(text: str) -> Any:
+            try:
+                return parse(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from exc
+
+        convert.__name__ = name
+        return convert
+
+    p.add_argument(
+        "--prefetch",
+        nargs="?",
+        const=True,
+        default=False,
+        type=checked(_parse_bool, "true or false"),
+        help="mount mode: read the entry in parallel into the node's page cache before the "
+        "model server starts (within ~80%% of this container's memory limit)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=checked(parse_workers, "worker count"),
+        default=DEFAULT_WORKERS,
+        help=f"threads reading the entry in copy mode and in the prefetch (default {DEFAULT_WORKERS})",
+    )
+    p.add_argument(
+        "--block-size",
+        type=checked(parse_block_size, "size"),
+        default="16Mi",
+        help="bytes per read/write in copy mode, e.g. 16Mi (default; 64Ki to 256Mi)",
+    )
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return value == "true"
 
 
 def add_lease_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,11 +163,18 @@ def run(args: argparse.Namespace) -> int:
         Settings(
             args.lease_ttl, args.wait_timeout, args.stall_timeout, args.progress_interval
         ).check()
-        if not getattr(args, "read_only", False):  # a read-only consumer writes nothing
-            from webhook.cache.probe import probe_from_args
+        from webhook.cache import readonly
 
-            check_writable(Layout(root))
-            probe_from_args(root, args)
+        readonly.check_flags(args)
+        if args.read_only:  # a read-only consumer writes nothing: no probe, lease or staging
+            from webhook.keys import source_endpoint
+
+            source = source_endpoint(args.uri, os.environ)
+            return readonly.run(args, downloader=default_downloader(), source=source, emit=_emit)
+        from webhook.cache.probe import probe_from_args
+
+        check_writable(Layout(root))
+        probe_from_args(root, args)
         layout = Layout(root)
         for attempt in range(1, COPY_ATTEMPTS + 1):
             result = fetch_entry(
@@ -147,13 +202,21 @@ def run(args: argparse.Namespace) -> int:
                 "path": str(result.path),
             }
             if args.copy_to is None:
+                if args.prefetch:
+                    _prefetch(layout, args, result.path, line)
                 break
             began = time.monotonic()
             manifest = read_manifest(layout, args.key)
             try:
                 if manifest is None:
                     raise EntryVanished(f"{result.path} was evicted before the copy")
-                stats = copy_manifest_files(result.path, args.copy_to, manifest)
+                stats = copy_manifest_files(
+                    result.path,
+                    args.copy_to,
+                    manifest,
+                    workers=args.parallel,
+                    block_size=args.block_size,
+                )
             except EntryVanished as exc:
                 # gc evicted the entry under us: what was copied is incomplete, fetch again.
                 logger.warning("copy attempt %d incomplete, fetching again: %s", attempt, exc)
@@ -180,6 +243,28 @@ def run(args: argparse.Namespace) -> int:
         return _fail(args, kind.value, kind.exit_code, f"unexpected error: {exc}", start)
     _emit(line)
     return 0
+
+
+def _prefetch(layout: Any, args: argparse.Namespace, path: Path, line: dict[str, Any]) -> None:
+    """`--prefetch`: an optimisation, so a failure is reported in the result line and the log,
+    never as a failed pod."""
+    from webhook.cache.copy import EntryVanished
+    from webhook.cache.layout import read_manifest
+    from webhook.cache.prefetch import prefetch_manifest_files
+
+    began = time.monotonic()
+    try:
+        manifest = read_manifest(layout, args.key)
+        if manifest is None:
+            raise EntryVanished(f"{path} has no manifest")
+        stats = prefetch_manifest_files(path, manifest, workers=args.parallel)
+    except (EntryVanished, OSError) as exc:
+        logger.warning("prefetch skipped: %s", exc)
+        line["prefetch_error"] = str(exc)
+        return
+    line["prefetched_bytes"] = stats.bytes
+    line["prefetch_skipped_bytes"] = stats.skipped_bytes
+    line["prefetch_seconds"] = round(time.monotonic() - began, 3)
 
 
 def _copy_error(exc: OSError, dest: Path) -> Exception:

@@ -117,6 +117,14 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
     p.add_argument("--json", action="store_true", help="print the plan and outcome as JSON")
+    p.add_argument(
+        "--usage-dir",
+        action="append",
+        type=existing_dir,
+        default=[],
+        metavar="DIR",
+        help="also count the uses read-only consumers recorded here (fetch --usage-dir); repeat",
+    )
     from webhook.cache.probe import add_probe_arguments
 
     add_probe_arguments(p)
@@ -208,7 +216,10 @@ def run(args: argparse.Namespace) -> int:
                 " or accept the risk with --no-cluster)\n"
             )
             return 1
-        in_use = keys_in_use(pods, annotation=names.STATUS)
+        from webhook.cache.readonly import keys_mounted
+
+        # every namespace's pods: also those mounting models/<key> of a shared volume by hand
+        in_use = keys_in_use(pods, annotation=names.STATUS) | keys_mounted(pods)
         logger.info("%d pods listed, %d cache keys in use", len(pods), len(in_use))
 
     if not args.dry_run:  # gc renames and deletes: only on a volume that passed the probe
@@ -223,6 +234,10 @@ def run(args: argparse.Namespace) -> int:
     layout = Layout(args.cache_root)
     now = time.time()
     snapshot = scan(layout, now=now, lease_ttl=budget.lease_ttl)
+    if args.usage_dir:  # uses that read-only consumers recorded elsewhere (issue 16)
+        from webhook.cache.readonly import merge_usage
+
+        snapshot = merge_usage(snapshot, args.usage_dir)
     plan = plan_gc(snapshot, budget=budget, now=now, in_use=in_use)
     outcome = None if args.dry_run else execute(layout, plan, budget=budget)
     if args.json:

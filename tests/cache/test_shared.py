@@ -332,3 +332,42 @@ def test_an_unreachable_http_source_is_not_blamed_on_s3_variables(tmp_path: Path
     assert run.result["error"] == "unreachable"
     assert "check the URL's host and port" in run.result["message"]
     assert "AWS_ENDPOINT_URL" not in run.result["message"]
+
+
+def test_many_waiters_take_a_dead_lease_over_exactly_once(
+    http_server: FileServer, tmp_path: Path
+) -> None:
+    """kill -9 of the holder, then six pods at once: they all watch the dead lease for
+    TTL x 1.25, all try generation 2 at the same moment, and exactly one downloads."""
+    body = os.urandom(500_000)
+    path = "/takeover/model.bin"
+    http_server.files[path] = body
+    uri = http_server.url(path)
+    key = cache_key(uri)
+    root = tmp_path / "cache"
+    root.mkdir()
+    env = {**os.environ, "KSERVE_CACHE_TEST_PAUSE_AT": "leased=60"}
+    args = fetch_args(uri, root, extra=("--lease-ttl", "1", "--termination-log", "/dev/null"))
+    dead = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    layout = Layout(root)
+    deadline = time.monotonic() + 60
+    while read_holder(layout, key) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    dead.kill()
+    dead.wait()
+    waiters = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    outcomes = []
+    for proc in waiters:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outcomes.append(json.loads(out)["outcome"])
+    assert sorted(outcomes) == ["miss", *["waited"] * 5]
+    assert http_server.gets.get(path, 0) == 1  # the dead holder paused before downloading
+    assert sha_tree(layout.entry(key)) == {"model.bin": hashlib.sha256(body).hexdigest()}
+    assert generations(layout, key) == [1, 2]
+    assert list(layout.staging.iterdir()) == []

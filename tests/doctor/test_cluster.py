@@ -123,7 +123,17 @@ def doctor(
     code = main(["doctor", "--kubeconfig", str(install.kubeconfig), "-o", "json", *extra])
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] == (code == 0)
+    links_resolve(out["checks"])
     return code, {c["name"]: c for c in out["checks"]}
+
+
+def links_resolve(checks: list[dict[str, Any]]) -> None:
+    """Every result's docs link names a page and a heading that exist."""
+    from tests.docs.test_docs import anchors
+
+    for check in checks:
+        page, _, anchor = check["docs"].partition("#")
+        assert anchor in anchors(MANIFESTS.parent / page), check["docs"]
 
 
 def test_a_healthy_install_passes_every_check(

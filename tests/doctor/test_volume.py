@@ -22,6 +22,9 @@ from webhook.doctor import RootFacts, SpaceFacts, SpeedFacts, Status
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, dict[str, Any]]]:
     code = main(["doctor", "-o", "json", *argv])
     out = json.loads(capsys.readouterr().out)
+    from tests.doctor.test_cluster import links_resolve
+
+    links_resolve(out["checks"])
     return code, {c["name"]: c for c in out["checks"]}
 
 

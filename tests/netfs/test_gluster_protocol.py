@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.cache.conftest import S3, run_fetch
+from webhook.cache.layout import Layout, record_usage
 from webhook.cache.probe import ensure_probed
 from webhook.keys import cache_key
 
@@ -141,9 +142,10 @@ def test_a_live_lease_seen_through_stale_caches_is_not_broken(gluster: Nodes, mo
         assert_served(gluster[i] / "models" / key_of(LLAMA), models, "llama")
 
 
-@pytest.mark.parametrize("gluster_options", [CACHING])
+@pytest.mark.parametrize("gluster_options", [{"performance.md-cache-timeout": "5"}])
 def test_gc_on_one_node_keeps_an_entry_another_node_hits(gluster: Nodes, models: S3) -> None:
-    """gc on node 1 reads the usage record through stale caches while node 0 hits the entry."""
+    """gc on node 1 reads the usage record through its stale cache (md-cache 5 s) just after
+    node 0 used the entry; with a cache margin above 5 s it must keep the entry."""
     key = key_of(LLAMA)
     first = run_fetch(LLAMA, gluster[0], env=models.env(), extra=FAST)
     assert first.code == 0, first.stderr
@@ -153,31 +155,44 @@ def test_gc_on_one_node_keeps_an_entry_another_node_hits(gluster: Nodes, models:
     data = json.loads(manifest.read_text())
     data["created_at"] = old
     manifest.write_text(json.dumps(data))
-    usage = gluster[0] / ".usage" / key
-    record: dict[str, Any] = {"last_used": old, "hits": 0, "misses": 1, "waits": 0, "recent": []}
-    tmp = usage.with_name(f".{key}.planted.tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(usage)
+    plant_usage(gluster[0], key, old)
     assert json.loads((gluster[1] / ".usage" / key).read_text())["last_used"] == old
-    (gluster[1] / "models" / key / ".kserve-cache.json").read_text()
-    # Node 0 uses the entry now, and keeps using it while gc runs on node 1.
-    hit = run_fetch(LLAMA, gluster[0], env=models.env(), extra=FAST)
-    assert hit.code == 0
-    assert hit.result["outcome"] == "hit"
+    # Node 0 uses the entry now (as its hits do: the record replaced by a rename).
+    record_usage(Layout(gluster[0]), key, "hit")
     assert json.loads((gluster.brick / ".usage" / key).read_text())["last_used"] > old + 3600
-    hitters = [spawn_fetch(LLAMA, gluster[0], env=models.env(), extra=FAST) for _ in range(2)]
-    gc = spawn(
-        gc_args(gluster[1], "--max-age=1h", "--grace=10m", "--no-cluster", "--json"),
-        env=models.env(),
+    assert json.loads((gluster[1] / ".usage" / key).read_text())["last_used"] == old, (
+        "node 1 still sees the old record (else this test shows nothing)"
     )
-    gc_run = gc.finish(timeout=120)
+    models.reset_counts()
+    hitter = spawn_fetch(LLAMA, gluster[0], env=models.env(), extra=FAST)
+    gc = spawn(
+        gc_args(
+            gluster[1], "--max-age=1h", "--grace=10m", "--no-cluster", "--cache-margin=7s",
+            "--json",
+        ),
+        env=models.env(),
+    )  # fmt: skip
+    gc_run = gc.finish(timeout=180)
     assert gc_run.code == 0, gc_run.stderr[-2000:]
-    for h in hitters:
-        run = h.finish(timeout=120)
-        assert run.code == 0, run.stderr[-1500:]
-        assert_served(Path(run.result["path"]), models, "llama")
+    hit = hitter.finish(timeout=120)
+    assert hit.code == 0, hit.stderr[-1500:]
+    assert_served(Path(hit.result["path"]), models, "llama")
+    kept = json.loads((gluster.brick / "models" / key / ".kserve-cache.json").read_text())
+    assert kept["created_at"] == old, "the entry was evicted (what is there is a new download)"
     assert_served(gluster.brick / "models" / key, models, "llama")
-    assert_served(gluster[2] / "models" / key, models, "llama")
+    for node in (0, 2):
+        again = run_fetch(LLAMA, gluster[node], env=models.env(), extra=FAST)
+        assert again.code == 0, again.stderr
+        assert again.result["outcome"] == "hit"
+        assert_served(Path(again.result["path"]), models, "llama")
+
+
+def plant_usage(root: Path, key: str, last_used: float) -> None:
+    record: dict[str, Any] = {"last_used": last_used, "hits": 0, "misses": 1, "waits": 0}
+    record["recent"] = []
+    tmp = root / ".usage" / f".{key}.planted.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(root / ".usage" / key)
 
 
 def _moto_pid() -> int:

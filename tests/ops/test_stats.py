@@ -337,3 +337,23 @@ def test_exporter_on_a_read_only_mount(read_only_view: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_exporter_says_503_while_the_volume_is_gone_and_recovers(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    (root / "models").mkdir(parents=True)
+    proc, url = _start_exporter(root, "--min-interval", "0")
+    try:
+        assert _scrape(url)["kserve_cache_entries"] == 0
+        (root / "models").rmdir()
+        root.rmdir()
+        gone = httpx.get(f"{url}/metrics", timeout=30)
+        assert gone.status_code == 503
+        assert f"cannot read {root}" in gone.text
+        (root / "models").mkdir(parents=True)
+        assert _scrape(url)["kserve_cache_entries"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "cannot read the cache figures" in err

@@ -10,6 +10,7 @@ import hashlib
 import mmap
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,77 @@ def test_bad_block_sizes_are_refused(text: str) -> None:
 def test_bad_worker_counts_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="from 1 to 64"):
         parse_workers(text)
+
+
+# fetch --prefetch, --parallel, --block-size (real processes) ---------------------------------
+
+
+def test_fetch_prefetch_reads_the_entry_into_the_page_cache(tmp_path: Path) -> None:
+    from tests.cache.conftest import run_fetch
+
+    source = tmp_path / "src" / "llama"
+    manifest = make_entry(source)
+    uri = f"file://{source}"
+    root = tmp_path / "cache"
+    root.mkdir()
+    first = run_fetch(uri, root)
+    assert first.code == 0, first.stderr
+    entry = Path(first.result["path"])
+    evict(entry)
+    if resident_pages(entry / "model-00001-of-00002.safetensors")[0] != 0:
+        pytest.skip("this filesystem keeps the pages (tmpfs?): residency cannot be observed")
+
+    run = run_fetch(uri, root, extra=("--prefetch", "--parallel=3"))
+
+    assert run.code == 0, run.stderr
+    assert run.result["outcome"] == "hit"
+    assert run.result["prefetched_bytes"] == manifest.bytes
+    assert run.result["prefetch_skipped_bytes"] == 0
+    for item in manifest.files:
+        if item.size:
+            resident, pages = resident_pages(entry / item.path)
+            assert resident == pages, item.path
+    without = run_fetch(uri, root, extra=("--prefetch=false",))
+    assert without.code == 0
+    assert "prefetched_bytes" not in without.result
+
+
+def test_fetch_copy_with_parallel_parts_is_byte_exact(tmp_path: Path) -> None:
+    from tests.cache.conftest import run_fetch
+
+    source = tmp_path / "src" / "llama"
+    make_entry(source)
+    root = tmp_path / "cache"
+    root.mkdir()
+    dest = tmp_path / "mnt" / "models"
+    run = run_fetch(
+        f"file://{source}",
+        root,
+        extra=("--copy-to", str(dest), "--parallel=5", "--block-size=64Ki"),
+    )
+    assert run.code == 0, run.stderr
+    assert sha256s(dest) == sha256s(source)
+    assert run.result["copied_bytes"] == sum(
+        p.stat().st_size for p in source.rglob("*") if p.is_file()
+    )
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--parallel=0", "--parallel=many", "--block-size=1", "--block-size=1Gi", "--prefetch=yes"],
+)
+def test_fetch_refuses_bad_read_flags_and_changes_nothing(tmp_path: Path, flag: str) -> None:
+    from tests.cache.conftest import fetch_args
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    proc = subprocess.run(
+        [*fetch_args("file:///nowhere/m", root), flag],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert flag.split("=")[0] in proc.stderr
+    assert not any(root.iterdir())

@@ -84,7 +84,8 @@ def add_read_arguments(p: argparse.ArgumentParser) -> None:
         "--parallel",
         type=checked(parse_workers, "worker count"),
         default=DEFAULT_WORKERS,
-        help=f"threads reading the entry in copy mode and in the prefetch (default {DEFAULT_WORKERS})",
+        help="threads reading the entry in copy mode and in the prefetch "
+        f"(default {DEFAULT_WORKERS})",
     )
     p.add_argument(
         "--block-size",

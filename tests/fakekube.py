@@ -206,6 +206,11 @@ class _Handler(BaseHTTPRequestHandler):
             message = f'{resource} is forbidden: User "fake" cannot get resource "{resource}"'
             self._json(HTTPStatus.FORBIDDEN, _status(403, "Forbidden", message))
             return
+        if resource in kube._broken:
+            self._json(
+                HTTPStatus.INTERNAL_SERVER_ERROR, _status(500, "InternalError", "etcd is sad")
+            )
+            return
         found = kube._object_at(path)
         if found is None:
             message = f'{resource} "{path.rsplit("/", 1)[-1]}" not found'
@@ -297,6 +302,7 @@ class FakeKube:
         self._claims: dict[tuple[str, str], dict[str, Any]] = {}
         self._volumes: dict[str, dict[str, Any]] = {}
         self._objects: dict[str, dict[str, Any]] = {}
+        self._broken: set[str] = set()
         self._forbidden: set[str] = set()
         self._pods: list[dict[str, Any]] = []
         self._history: list[Event] = []
@@ -560,6 +566,11 @@ class FakeKube:
     def remove_object(self, obj: Mapping[str, Any]) -> None:
         with self._lock:
             self._objects.pop(_object_path(obj), None)
+
+    def break_resource(self, resource: str) -> None:
+        """Answer `500` to every GET of `resource` that `put_object` serves (a failing server)."""
+        with self._lock:
+            self._broken.add(resource)
 
     def set_claim_volume(self, namespace: str, name: str, volume: str) -> None:
         """Bind a claim to a PersistentVolume by name (`spec.volumeName`)."""

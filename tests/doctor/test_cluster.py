@@ -570,3 +570,22 @@ def test_no_webhook_listening(install: Install, capsys: pytest.CaptureFixture[st
     code, checks = doctor(install, capsys, "--webhook-url", f"https://127.0.0.1:{free_port()}")
     assert checks["webhook-endpoint"]["status"] == "fail"
     assert code == 1
+
+
+def test_an_api_server_failing_half_way_keeps_what_was_checked(
+    install: Install, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install.kube.break_resource("mutatingwebhookconfigurations")
+    code = main(["doctor", "--kubeconfig", str(install.kubeconfig), "-o", "json"])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    checks = json.loads(captured.out)["checks"]
+    assert [c["name"] for c in checks][:3] == [
+        "api-reachable",
+        "deployment-ready",
+        "certificate-valid",
+    ]
+    assert checks[-1]["name"] == "api-reachable"
+    assert checks[-1]["status"] == "fail"
+    assert "500" in checks[-1]["detail"]
+    assert code == 1

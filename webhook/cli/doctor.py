@@ -202,9 +202,12 @@ def _client(kubeconfig: str | None, context: str | None) -> ApiClient:
     return _api_client(kubeconfig, context)
 
 
-def cluster_checks(api: _Api, args: argparse.Namespace, *, now: dt.datetime) -> list[Result]:
+def cluster_checks(
+    api: _Api, args: argparse.Namespace, *, now: dt.datetime, results: list[Result]
+) -> list[Result]:
+    """Append the cluster checks to `results` (so a call that fails half-way keeps what it
+    found; the caller reports the failure)."""
     ns = args.namespace
-    results: list[Result] = []
 
     def get(path: str) -> tuple[dict[str, Any] | None, bool]:
         """The object (None: absent) and whether we may read it."""
@@ -219,7 +222,7 @@ def cluster_checks(api: _Api, args: argparse.Namespace, *, now: dt.datetime) -> 
     except Forbidden:
         namespaces, listed = [], False
     except Unreachable as exc:
-        return [
+        results.append(
             doctor._result(
                 doctor.GROUP_WEBHOOK,
                 "api-reachable",
@@ -227,7 +230,8 @@ def cluster_checks(api: _Api, args: argparse.Namespace, *, now: dt.datetime) -> 
                 str(exc),
                 "check the kubeconfig and context (kubectl cluster-info)",
             )
-        ]
+        )
+        return results
     results.append(
         doctor._result(
             doctor.GROUP_WEBHOOK,
@@ -683,7 +687,17 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             try:
-                results.extend(cluster_checks(_Api(client), args, now=dt.datetime.now(dt.UTC)))
+                cluster_checks(_Api(client), args, now=dt.datetime.now(dt.UTC), results=results)
+            except Unreachable as exc:  # the API server went away half-way
+                results.append(
+                    doctor._result(
+                        doctor.GROUP_WEBHOOK,
+                        "api-reachable",
+                        Status.FAIL,
+                        f"stopped: {exc}",
+                        "the checks above ran; retry when the API server answers",
+                    )
+                )
             finally:
                 client.close()
                 client.rest_client.pool_manager.clear()

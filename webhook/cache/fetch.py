@@ -348,7 +348,10 @@ def acquire_or_wait(
                     lease.release()
                 clear_progress(layout, key, holder=holder)
         if verdict != "held":
-            continue  # lost the race for the next generation: look at the new one at once
+            # Lost the race for the next generation: look at the new one soon. (Not at once:
+            # a client cache that hides the winner's file would make this loop spin.)
+            time.sleep(_FIRST_POLL)
+            continue
         now = time.monotonic()
         remaining = deadline - now
         if remaining <= 0:

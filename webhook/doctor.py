@@ -650,10 +650,31 @@ def opted_in_namespaces(
     claims: Sequence[Mapping[str, Any]],
     *,
     config: ClusterConfig,
+    predictors: Sequence[Mapping[str, Any]] = (),
 ) -> list[tuple[str, str]]:
     """(namespace, claim name) for each namespace that opts in: a cache annotation that does not
-    turn the cache off, or (cluster policy not disabled) a claim of the configured name."""
+    turn the cache off, (cluster policy not disabled) a claim of the configured name, or a
+    KServe predictor pod the cache applies to (`enabled: "true"`, or a default-on/forced
+    cluster policy the namespace does not turn off)."""
     found: dict[str, str] = {}
+    off_namespaces: set[str] = set()
+    pvc_of: dict[str, str] = {}
+    for ns in namespaces:
+        meta = ns.get("metadata") or {}
+        notes = meta.get("annotations") or {}
+        if notes.get(names.POLICY) == PolicyMode.DISABLED or notes.get(names.ENABLED) == "false":
+            off_namespaces.add(str(meta.get("name")))
+        if notes.get(names.PVC):
+            pvc_of[str(meta.get("name"))] = str(notes[names.PVC])
+    cluster_on = config.policy in (PolicyMode.DEFAULT_ON, PolicyMode.FORCED)
+    for pod in predictors:
+        meta = pod.get("metadata") or {}
+        ns_name = str(meta.get("namespace"))
+        if ns_name in config.excludedNamespaces or ns_name in off_namespaces:
+            continue
+        notes = meta.get("annotations") or {}
+        if notes.get(names.ENABLED) == "true" or cluster_on:
+            found.setdefault(ns_name, pvc_of.get(ns_name, config.pvc))
     for ns in namespaces:
         meta = ns.get("metadata") or {}
         name = str(meta.get("name"))

@@ -589,3 +589,44 @@ def test_an_api_server_failing_half_way_keeps_what_was_checked(
     assert checks[-1]["status"] == "fail"
     assert "500" in checks[-1]["detail"]
     assert code == 1
+
+
+def _predictor(namespace: str, name: str, annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"component": "predictor", "serving.kserve.io/inferenceservice": name},
+            "annotations": annotations,
+        },
+    }
+
+
+def test_namespaces_whose_predictors_ask_for_the_cache_are_checked(
+    install: Install, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A predictor with `enabled: "true"` in a namespace with no annotation and no claim: its
+    pods are admitted without the cache (pvc-missing), so doctor checks the claim there."""
+    install.kube.add_namespace("team-e")
+    install.kube.add_namespace("team-f", annotations={"cache.kserve.io/enabled": "false"})
+    install.kube.set_pods(
+        [
+            _predictor("team-e", "iris", {"cache.kserve.io/enabled": "true"}),
+            _predictor("team-f", "bert", {"cache.kserve.io/enabled": "true"}),  # ns says no
+            {
+                **_predictor("team-g", "other", {}),
+                "metadata": {"name": "x", "namespace": "team-g", "labels": {"app": "web"}},
+            },
+        ]
+    )
+    code, checks = doctor(install, capsys)
+    assert checks["claim team-e/kserve-model-cache"]["status"] == "fail"
+    assert "pvc-missing" in checks["claim team-e/kserve-model-cache"]["detail"]
+    assert not any("team-f" in name or "team-g" in name for name in checks)
+    assert code == 1
+    assert any(
+        r.path == "/api/v1/pods" and r.query.get("labelSelector") == "component=predictor"
+        for r in install.kube.requests
+    )

@@ -167,13 +167,16 @@ class _Api:
     def __init__(self, client: ApiClient) -> None:
         self.client = client
 
-    def get(self, path: str) -> dict[str, Any] | None:
+    def get(
+        self, path: str, *, query: list[tuple[str, str]] | None = None
+    ) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
             response = self.client.call_api(
                 path,
                 "GET",
+                query_params=query or [],
                 header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"],
                 _preload_content=False,
@@ -191,8 +194,10 @@ class _Api:
         data: dict[str, Any] = json.loads(response.data)
         return data
 
-    def items(self, path: str) -> list[dict[str, Any]]:
-        found = self.get(path)
+    def items(
+        self, path: str, *, query: list[tuple[str, str]] | None = None
+    ) -> list[dict[str, Any]]:
+        found = self.get(path, query=query)
         return list((found or {}).get("items") or [])
 
 
@@ -386,7 +391,13 @@ def _namespace_checks(
             claims = api.items("/api/v1/persistentvolumeclaims")
         except Forbidden:
             claims = []
-        targets = doctor.opted_in_namespaces(namespaces, claims, config=config)
+        try:
+            predictors = api.items("/api/v1/pods", query=[("labelSelector", "component=predictor")])
+        except Forbidden:
+            predictors = []
+        targets = doctor.opted_in_namespaces(
+            namespaces, claims, config=config, predictors=predictors
+        )
     if not targets:
         return [
             doctor._result(

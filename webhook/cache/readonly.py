@@ -165,8 +165,8 @@ def serve_read_only(
             raise FetchError(
                 ErrorKind.INTEGRITY,
                 f"the shared entry {key} is incomplete ({broken}) and this pod may not repair "
-                "it (read-only cache); a trusted writer must fetch it again (gc evicts invalid "
-                "entries), or set cache.kserve.io/on-miss: private",
+                "it (read-only cache); a trusted writer must move it aside (kserve-cache verify "
+                "--quarantine) and fetch it again, or set cache.kserve.io/on-miss: private",
             )
         raise FetchError(
             ErrorKind.WAIT_TIMEOUT,

@@ -113,6 +113,23 @@ def test_a_pod_cannot_turn_read_only_off_or_choose_on_miss() -> None:
     assert resolve(pod={names.READ_ONLY: "false"}).warnings == ()
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["never", "on-start", "interval=6h", "interval=1h30m", "interval=1.5d", "interval=2w",
+     "interval=0s", "interval=0.5s", "interval=", "interval=6 h", "sometimes", "interval=-1m"],
+)  # fmt: skip
+def test_refresh_grammar_is_fetchs(value: str) -> None:
+    from webhook.cache.versions import PolicyError, parse_refresh
+    from webhook.clusterconfig import is_refresh
+
+    try:
+        parse_refresh(value)
+        fetch_accepts = True
+    except PolicyError:
+        fetch_accepts = False
+    assert is_refresh(value) is fetch_accepts
+
+
 def test_bad_namespace_values_fall_back_with_warnings() -> None:
     policy = resolve(ns={names.ON_MISS: "later", names.READ_ONLY: "maybe"})
     assert (policy.read_only, policy.on_miss) == (False, "wait")
@@ -208,6 +225,8 @@ def test_read_only_private_is_copy_mode_and_wait_mounts_the_cache_read_only(
     assert decision.policy.sources["serving-mode"] is Layer.NAMESPACE
     cache = next(m for m in init["volumeMounts"] if m["name"] == names.CACHE_VOLUME)
     assert cache["readOnly"] is True
+    volume = next(v for v in after["spec"]["volumes"] if v["name"] == names.CACHE_VOLUME)
+    assert volume["persistentVolumeClaim"]["readOnly"] is True  # the kubelet publishes it so
     assert pod_rule_errors(after) == []
     assert schema_errors(after) is None
 

@@ -48,7 +48,21 @@ class ServingMode(StrEnum):
     COPY = "copy"
 
 
-REFRESH: Final = re.compile(r"never|on-start|interval=[1-9][0-9]{0,8}[smhd]")
+REFRESH: Final = re.compile(r"never|on-start|interval=(\d{1,9}(\.\d{1,9})?[wdhms]){1,5}")
+_DURATION_UNITS: Final = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def is_refresh(value: str) -> bool:
+    """`never`, `on-start` or `interval=<duration>` (`30s`, `10m`, `1h30m`, `1d`; at least 1s),
+    the grammar of `kserve-cache fetch --refresh`."""
+    if not REFRESH.fullmatch(value):
+        return False
+    if not value.startswith("interval="):
+        return True
+    parts = re.findall(r"(\d+(?:\.\d+)?)([wdhms])", value[len("interval=") :])
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts) >= 1.0
+
+
 DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -303,7 +317,7 @@ class ClusterConfig(_Strict):
     onError: Literal["admit", "refuse"] = "admit"
     cacheMountPath: str = names.CACHE_MOUNT_PATH
     # Mutable sources: when fetch looks again at a cached entry's source.
-    refresh: Annotated[str, Field(pattern=f"^({REFRESH.pattern})$")] = "never"
+    refresh: str = "never"
     # Mount mode: read the entry into the node's page cache before the model server starts.
     prefetch: bool = False
     # Read-only consumers: the cache is never written by these pods' init containers.
@@ -312,6 +326,13 @@ class ClusterConfig(_Strict):
     # privately into its own emptyDir (copy mode).
     onMiss: Literal["wait", "private"] = "wait"
     initContainer: InitContainerTemplate = Field(default_factory=InitContainerTemplate)
+
+    @field_validator("refresh")
+    @classmethod
+    def _refresh(cls, value: str) -> str:
+        if not is_refresh(value):
+            raise ValueError(f"{value!r}: expected never, on-start or interval=<duration>")
+        return value
 
     @field_validator("pvc")
     @classmethod

@@ -18,7 +18,7 @@ from webhook.keys import cache_key, source_endpoint
 from webhook.policy import Policy
 from webhook.selection import ModelSource, find_init_container, metadata
 from webhook.skips import Skip, SkipReason
-from webhook.template import FetchSpec, build_init_container, plain_env
+from webhook.template import FetchSpec, build_init_container, plain_env, unsupported
 
 
 def status_annotation(spec: FetchSpec, policy: Policy) -> str:
@@ -211,7 +211,11 @@ def mutate(
     volumes: list[dict[str, Any]] = list(pod_spec.get("volumes") or [])
 
     # 1. the cache volume
-    wanted_volume = {"name": names.CACHE_VOLUME, "persistentVolumeClaim": {"claimName": spec.pvc}}
+    claim: dict[str, Any] = {"claimName": spec.pvc}
+    if spec.read_only and not unsupported(spec):
+        # what makes the kubelet publish the volume read-only (a mount's readOnly does not)
+        claim["readOnly"] = True
+    wanted_volume = {"name": names.CACHE_VOLUME, "persistentVolumeClaim": claim}
     current = next((v for v in volumes if v.get("name") == names.CACHE_VOLUME), None)
     if current is None:
         volumes.append(wanted_volume)

@@ -15,11 +15,11 @@ from typing import Any, Final, TypeVar
 from webhook import names
 from webhook.clusterconfig import (
     DIGEST,
-    REFRESH,
     ClusterConfig,
     PolicyMode,
     ServingMode,
     is_dns1123_subdomain,
+    is_refresh,
 )
 from webhook.keys import is_valid_revision
 from webhook.skips import SkipReason
@@ -190,8 +190,8 @@ def _parse_revision(value: str) -> str:
 
 
 def _parse_refresh(value: str) -> str:
-    if not REFRESH.fullmatch(value.strip()):
-        raise ValueError("expected never, on-start or interval=<N>s|m|h|d (e.g. interval=6h)")
+    if not is_refresh(value.strip()):
+        raise ValueError("expected never, on-start or interval=<duration> (e.g. interval=6h)")
     return value.strip()
 
 

@@ -86,7 +86,9 @@ def _env_from_key(item: Mapping[str, Any]) -> str:
 # The optional flags of `kserve-cache fetch` the webhook may emit: only those fetch's parser
 # has (a test checks this set against the real parser). A setting whose flag is missing here
 # is reported as not applied, never sent.
-FETCH_SUPPORTS: Final = frozenset({"endpoint", "copy-to"})
+FETCH_SUPPORTS: Final = frozenset(
+    {"endpoint", "copy-to", "refresh", "digest", "prefetch", "read-only", "on-miss"}
+)
 # Settings that need a flag of their own, and that flag.
 FLAG_OF: Final = {
     "refresh": "refresh",

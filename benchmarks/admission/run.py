@@ -1,7 +1,7 @@
 """Admission load benchmark: `kserve-cache serve` over real TLS on 127.0.0.1, driven with the
 golden AdmissionReviews padded to 5-15 KB, against a no-op floor endpoint on the same server.
 
-    .venv/bin/python benchmarks/admission/run.py            # full run, ~4 minutes
+    .venv/bin/python benchmarks/admission/run.py            # full run, 10-15 minutes
     .venv/bin/python benchmarks/admission/run.py --quick    # smoke run, ~40 seconds
 
 Saturation with `wrk` (Lua script rotating the reviews), fixed rates with `hey -q` (one process
@@ -773,8 +773,15 @@ def main() -> int:
     parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
     parser.add_argument("--name", default="admission", help="results file name (no suffix)")
     parser.add_argument("--quick", action="store_true", help="short smoke run (no memory run)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default: a new temp folder; --out benchmarks/results replaces the "
+        "committed results)",
+    )
     args = parser.parse_args()
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="admission-results-"))
     if args.quick:
         args.seconds, args.repeat, args.memory_admissions = 3, 1, 0
     worker_counts = sorted({int(w) for w in args.workers.split(",") if w})
@@ -852,6 +859,7 @@ def main() -> int:
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{args.name}.md").write_text(render(results))
     print(render(results))
+    print(f"results in {args.out}", file=sys.stderr)
     return 0
 
 

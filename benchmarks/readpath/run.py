@@ -87,9 +87,14 @@ class Target:
     emptydir: Path
     recold: Callable[[], None]
     cold_method: str = ""
+    drop: bool = True
 
     def cold(self) -> None:
         self.recold()
+        if not self.drop:
+            fadvise_dontneed(self.volume)
+            self.cold_method = "posix_fadvise(DONTNEED) (--cold fadvise)"
+            return
         method = drop_caches()
         if method != "drop_caches":
             fadvise_dontneed(self.volume)
@@ -251,6 +256,8 @@ def ceiling(target: Target, root: Path, files: list[tuple[str, int]]) -> dict[st
     """`dd bs=16M` over the large files one after another, cold: the volume's sequential
     read throughput."""
     large = [(rel, size) for rel, size in files if size >= 64 * MiB]
+    if not large:  # a small model (smoke runs): its largest files
+        large = sorted(files, key=lambda f: -f[1])[:4]
     target.cold()
     began = time.perf_counter()
     for rel, _ in large:
@@ -515,6 +522,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="memory limit of the prefetching process for the prefetch-limit runs (default: "
         "a quarter of --size; 0: no such runs)",
     )
+    parser.add_argument(
+        "--cold",
+        choices=("drop", "fadvise"),
+        default="drop",
+        help="how caches are made cold: drop the machine's page cache (default, root), or "
+        "posix_fadvise(DONTNEED) on the model's files only (leaves other jobs' caches alone)",
+    )
     parser.add_argument("--work", type=Path, help="scratch folder (default: a new one in /var/tmp)")
     parser.add_argument(
         "--out",
@@ -561,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
             if maker is None:
                 sys.exit(f"unknown filesystem {name!r}: local or gluster")
             with maker(work) as target:
+                target.drop = args.cold == "drop"
                 results["filesystems"].append(bench_target(target, args))
     finally:
         if args.work is None:

@@ -27,7 +27,7 @@ __all__ = ["s3"]
 REQUIRED = os.environ.get("KSERVE_CACHE_REQUIRE_NETFS") == "1"
 
 # Extra models on the S3 server: many small files (slow to delete on gluster), and one big.
-MANY_FILES = 200
+MANY_FILES = 120
 NETFS_MODELS = {
     **{f"many/part-{i:03d}.bin": os.urandom(2048) for i in range(MANY_FILES)},
     "many/config.json": b'{"arch": "many"}\n',

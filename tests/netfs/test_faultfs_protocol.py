@@ -100,7 +100,7 @@ def test_a_waiter_never_succeeds_on_a_half_copied_entry(
 ) -> None:
     """Folder rename as a copy (object-storage FUSE, forced with the override): a waiter that
     sees the manifest before all files must not report success on the partial entry."""
-    faultfs.set(rename_copy=order, copy_delay=0.5)
+    faultfs.set(rename_copy=order, copy_delay=0.3)
     holder = spawn_fetch(LLAMA, faultfs.root, env=s3.env(), pause="sealed=1.5", extra=UNSAFE)
     assert holder.wait_for("pausing"), holder.stderr
     waiter = spawn_fetch(LLAMA, faultfs.root, env=s3.env(), extra=UNSAFE)

@@ -552,3 +552,68 @@ def test_patch_removes_several_items_of_one_list(kept: tuple[bool, ...]) -> None
     assert apply_ops(before, ops) == after
     if after_items:  # item by item, not the whole list
         assert not any(op["path"] == "/spec/volumes" for op in ops)
+
+
+FOREIGN_WRITER = golden_input("39-foreign-writer-on-cache-volume")
+
+
+def _with_foreign_cache_mount(*, volume: bool, read_only: bool) -> dict[str, Any]:
+    pod = copy.deepcopy(FOREIGN_WRITER)
+    mount = pod["spec"]["initContainers"][1]["volumeMounts"][0]
+    if read_only:
+        mount["readOnly"] = True
+    if not volume:
+        pod["spec"]["volumes"] = [v for v in pod["spec"]["volumes"] if v["name"] != "kserve-cache"]
+    return pod
+
+
+@pytest.mark.parametrize("serving_mode", ["mount", "copy"])
+@pytest.mark.parametrize(
+    ("volume", "read_only", "reason"),
+    [
+        # the fuzz find: no such volume, a foreign container already mounts our volume name
+        (False, False, "volume-conflict"),
+        (False, True, "volume-conflict"),
+        # the volume is the cache, but this container writes into it at /mnt/models
+        (True, False, "foreign-model-mount"),
+    ],
+)
+def test_foreign_container_on_our_volume_name_is_skipped(
+    serving_mode: str, volume: bool, read_only: bool, reason: str
+) -> None:
+    """A foreign container mounting a volume named `kserve-cache` used to get our claim handed
+    to it; a writable one made the first pass pick copy mode and rewrite its mount read-only,
+    so the second pass picked mount mode and changed the pod again (never converged)."""
+    pod = _with_foreign_cache_mount(volume=volume, read_only=read_only)
+    config = parse_config(f"servingMode: {serving_mode}\n", source="test")
+    decision = decide(pod, namespace="default", config=config, namespace_annotations=None)
+    assert decision.kind == "skipped"
+    assert decision.reason is not None
+    assert decision.reason.value == reason
+    assert "kserve-cache" in decision.detail
+    assert decision.after == pod
+
+
+@pytest.mark.parametrize("serving_mode", ["mount", "copy"])
+def test_read_only_mount_of_the_cache_volume_is_retargeted_once(serving_mode: str) -> None:
+    """A read-only /mnt/models mount of the cache volume (an earlier pass under another key) is
+    ours to retarget: it is pointed at the current entry (or the emptyDir in copy mode), and the
+    second pass changes nothing."""
+    pod = _with_foreign_cache_mount(volume=True, read_only=True)
+    config = parse_config(f"servingMode: {serving_mode}\n", source="test")
+    first = decide(pod, namespace="default", config=config, namespace_annotations=None)
+    assert first.kind == "mutated"
+    mount = first.after["spec"]["initContainers"][1]["volumeMounts"][0]
+    if serving_mode == "mount":
+        assert mount["subPath"] == f"models/{first.key}"
+    else:
+        assert mount["name"] == names.PROVISION_VOLUME
+    assert mount["readOnly"] is True
+    assert pod_rule_errors(dict(first.after)) == []
+    again = decide(
+        json.loads(json.dumps(first.after)),
+        namespace="default",
+        config=config,
+        namespace_annotations=None,
+    )
+    assert again.patch == []

@@ -174,6 +174,13 @@ def _retarget_model_mounts(
                     f"container {container.get('name')!r} mounts volume "
                     f"{existing.get('name')!r} at {names.MODEL_MOUNT_PATH}",
                 )
+            if existing.get("name") == names.CACHE_VOLUME and existing.get("readOnly") is not True:
+                # never ours (we mount the shared cache read-only): a writer into the cache
+                raise Skip(
+                    SkipReason.FOREIGN_MODEL_MOUNT,
+                    f"container {container.get('name')!r} mounts the cache volume "
+                    f"{names.CACHE_VOLUME!r} writable at {names.MODEL_MOUNT_PATH}",
+                )
             found = True
             if mode is ServingMode.COPY and existing.get("name") == names.PROVISION_VOLUME:
                 continue
@@ -191,6 +198,20 @@ def _references(spec: Mapping[str, Any], volume: str) -> bool:
                 if device.get("name") == volume:
                     return True
     return False
+
+
+def _mounter(spec: Mapping[str, Any], volume: str) -> str | None:
+    """The name of a container other than our storage-initializer that mounts `volume`."""
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for container in spec.get(key) or ():
+            if not isinstance(container, Mapping):
+                continue
+            if key == "initContainers" and container.get("name") == names.STORAGE_INITIALIZER:
+                continue
+            for mount in container.get("volumeMounts") or ():
+                if isinstance(mount, Mapping) and mount.get("name") == volume:
+                    return str(container.get("name"))
+    return None
 
 
 def mutate(
@@ -218,6 +239,14 @@ def mutate(
     wanted_volume = {"name": names.CACHE_VOLUME, "persistentVolumeClaim": claim}
     current = next((v for v in volumes if v.get("name") == names.CACHE_VOLUME), None)
     if current is None:
+        holder = _mounter(pod_spec, names.CACHE_VOLUME)
+        if holder is not None:
+            # adding the volume would hand our cache to a container that expects another one
+            raise Skip(
+                SkipReason.VOLUME_CONFLICT,
+                f"container {holder!r} mounts a volume named {names.CACHE_VOLUME!r} "
+                "that the pod does not define",
+            )
         volumes.append(wanted_volume)
     elif current != wanted_volume:
         raise Skip(

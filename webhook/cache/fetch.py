@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from webhook.cache.integrity import hash_file, manifest_digest
 from webhook.cache.layout import (
     MANIFEST_NAME,
     FileEntry,
@@ -476,7 +477,7 @@ def download_and_publish(
                 created_at=time.time(),
                 download_seconds=round(download_seconds, 3),
                 endpoint=source,
-                extra=dict(manifest_extra or {}),
+                extra={**(manifest_extra or {}), "digest": manifest_digest(files)},
             )
             try:
                 _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
@@ -680,7 +681,8 @@ def seal(folder: Path) -> tuple[FileEntry, ...]:
 
     Symlinks (KServe's downloader links `file://` sources instead of copying them) become real
     copies, since the serving pod cannot see the link targets. Every file and folder is fsynced
-    so that what gets published survives a node crash.
+    so that what gets published survives a node crash. Each file's sha256 is taken in the same
+    pass (webhook.cache.integrity): the manifest digest names the version.
     """
     _materialize_links(folder)
     files: list[FileEntry] = []
@@ -688,15 +690,13 @@ def seal(folder: Path) -> tuple[FileEntry, ...]:
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
             rel = path.relative_to(folder).as_posix()
-            if rel != MANIFEST_NAME:
-                files.append(FileEntry(path=rel, size=size))
+            if rel == MANIFEST_NAME:
+                continue
+            # One read per file right after the download (kserve-storage wrote it): the
+            # sha256 for the manifest and the fsync share the open.
+            digest = hash_file(path, fsync=True)
+            files.append(FileEntry(path=rel, size=digest.size, sha256=digest.sha256))
         _fsync_dir(Path(dirpath))
     return tuple(files)
 

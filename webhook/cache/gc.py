@@ -712,6 +712,9 @@ def _final_check(
             outcome.skipped[key] = "used-during-eviction"
             return
     remove_tree(trash)
+    from webhook.cache.versions import drop_versions
+
+    drop_versions(layout, key)  # a ref's versions go with it (nothing names them now)
     outcome.evicted.append(key)
     outcome.freed_bytes += decision.bytes
     logger.info("evicted %s (%s bytes, %s)", key, decision.bytes, decision.reason)

@@ -157,6 +157,8 @@ def _checked(key: str) -> str:
 class FileEntry:
     path: str
     size: int
+    sha256: str = ""
+    """Hex sha256 of the file, computed at seal; "" in manifests from before versions."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ class Manifest:
         try:
             data = json.loads(text)
             files = tuple(
-                FileEntry(path=str(f["path"]), size=int(f["size"])) for f in data["files"]
+                FileEntry(str(f["path"]), int(f["size"]), str(f.get("sha256", "")))
+                for f in data["files"]
             )
             return cls(
                 uri=str(data["uri"]),

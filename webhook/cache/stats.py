@@ -37,6 +37,9 @@ class EntryStats:
     window_hits: int = 0
     window_misses: int = 0
     window_waits: int = 0
+    digest: str = ""
+    fingerprint: str = ""
+    commit: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ def compute_stats(
                 files=len(manifest.files) if manifest else 0,
                 created_at=manifest.created_at if manifest else None,
                 download_seconds=manifest.download_seconds if manifest else None,
+                digest=str(manifest.extra.get("digest", "")) if manifest else "",
+                fingerprint=_fingerprint(manifest, "value"),
+                commit=_fingerprint(manifest, "commit"),
                 last_used=usage.last_used if usage and usage.last_used else None,
                 hits=usage.hits if usage else 0,
                 misses=usage.misses if usage else 0,
@@ -119,6 +125,12 @@ def compute_stats(
         staging=staging,
         leases=leases,
     )
+
+
+def _fingerprint(manifest: Manifest | None, field: str) -> str:
+    """A field of the source fingerprint a version was downloaded with (versions)."""
+    found = manifest.extra.get("fingerprint") if manifest else None
+    return str(found.get(field, "")) if isinstance(found, dict) else ""
 
 
 def collect(layout: Layout, *, window: float, now: float | None = None) -> CacheStats:
@@ -193,6 +205,14 @@ def stats_to_dict(stats: CacheStats) -> dict[str, Any]:
                 "files": k.files,
                 "created_at": k.created_at,
                 "download_seconds": k.download_seconds,
+                "version": {
+                    "digest": k.digest,
+                    "fingerprint": k.fingerprint,
+                    "commit": k.commit,
+                    "age_seconds": None
+                    if k.created_at is None
+                    else round(stats.now - k.created_at, 1),
+                },
                 "last_used": k.last_used,
                 "hits": k.hits,
                 "misses": k.misses,

@@ -258,12 +258,15 @@ def plan_old_versions(
     keys_in_use: frozenset[str] | None,
     now: float,
     grace: float,
+    unrecorded: frozenset[str] = frozenset(),
 ) -> list[OldVersion]:
     """Every version that is not the one its ref names, and whether gc may remove it.
 
     Kept: a version a live pod started on (fetch records `pod -> version` in
     `versions/<key>/.served.json`); a `legacy-*` folder (pods from before versions left no
-    record) while any live pod uses the key; anything served or installed within `grace`.
+    record) while any live pod uses the key; every old version of a key in `unrecorded` (live
+    pods mount it without fetch recording their version: read-only consumers, hand-made
+    mounts); anything served or installed within `grace`.
     `live_pods=None` (the cluster was not asked) leaves only the grace rule, as gc does for
     entries.
     """
@@ -281,7 +284,9 @@ def plan_old_versions(
             last = max([t for p, (v, t) in served.items() if v == name], default=0.0)
             with contextlib.suppress(FileNotFoundError):
                 last = max(last, path.stat().st_mtime)
-            if live_pods is not None and pods & live_pods:
+            if key in unrecorded:
+                why = "keep", "live pods mount the key without a record of their version"
+            elif live_pods is not None and pods & live_pods:
                 why = "keep", f"live pod {sorted(pods & live_pods)[0]} started on it"
             elif name.startswith("legacy-") and keys_in_use is not None and key in keys_in_use:
                 why = "keep", "pre-versions folder of a key live pods use"

@@ -42,6 +42,7 @@ def add_parser(subparsers: Any) -> None:
         default="",
         help="the source endpoint (scheme://host[:port]) the webhook mixed into --key",
     )
+    add_version_arguments(p)
     add_lease_arguments(p)
     from webhook.cache.probe import add_probe_arguments
 
@@ -102,6 +103,35 @@ def _parse_bool(text: str) -> bool:
     return value == "true"
 
 
+def add_version_arguments(p: argparse.ArgumentParser) -> None:
+    """`--refresh`, `--digest`, `--verify` (mutable sources: docs/protocol.md, Versions)."""
+    from webhook.cli.versionargs import digest_arg, refresh_arg
+
+    p.add_argument(
+        "--refresh",
+        type=refresh_arg,
+        default="never",
+        metavar="POLICY",
+        help="never (default: serve the cached version without asking the source), on-start "
+        "(ask the source for its fingerprint at each start, download a new version when it "
+        "changed), or interval=<duration> (ask at most once per interval per key)",
+    )
+    p.add_argument(
+        "--digest",
+        type=digest_arg,
+        default="",
+        metavar="sha256:HEX",
+        help="serve exactly the version with this manifest digest, or fail (exit 12)",
+    )
+    p.add_argument(
+        "--verify",
+        default="size",
+        choices=("size", "full"),
+        help="what a hit checks: every file's size (default, one stat per file) or its "
+        "sha256 (reads every byte)",
+    )
+
+
 def add_lease_arguments(p: argparse.ArgumentParser) -> None:
     """`--lease-ttl`, `--wait-timeout`, `--stall-timeout`, `--progress-interval`, shared by
     `fetch` and `warm`."""
@@ -145,9 +175,9 @@ def run(args: argparse.Namespace) -> int:
         Settings,
         check_key,
         check_writable,
-        fetch_entry,
     )
-    from webhook.cache.layout import Layout, read_manifest
+    from webhook.cache.layout import Layout
+    from webhook.cache.versioned import Options, fetch_versioned, read_manifest_at
 
     # A deleted pod gets SIGTERM: unwind so the staging folder is removed and the lease freed.
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -178,19 +208,25 @@ def run(args: argparse.Namespace) -> int:
         probe_from_args(root, args)
         layout = Layout(root)
         for attempt in range(1, COPY_ATTEMPTS + 1):
-            result = fetch_entry(
+            served = fetch_versioned(
                 layout,
                 uri=args.uri,
                 key=args.key,
                 revision=args.revision,
                 downloader=default_downloader(),
-                lease_ttl=args.lease_ttl,
-                wait_timeout=args.wait_timeout,
+                options=Options(
+                    refresh=args.refresh,
+                    digest=args.digest,
+                    verify=args.verify,
+                    copy_mode=args.copy_to is not None,
+                ),
+                settings=Settings(
+                    args.lease_ttl, args.wait_timeout, args.stall_timeout, args.progress_interval
+                ),
                 on_phase=_pause_hook(os.environ.get(PAUSE_ENV, "")),
                 endpoint=args.endpoint,
-                stall_timeout=args.stall_timeout,
-                progress_interval=args.progress_interval,
             )
+            result = served.result  # path: the version resolved once, whatever the ref does
             line: dict[str, Any] = {
                 "outcome": result.outcome,
                 "key": result.key,
@@ -201,13 +237,16 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": round(result.seconds, 3),
                 "download_seconds": round(result.download_seconds, 3),
                 "path": str(result.path),
+                "version": served.to_dict(),
+                "warnings": list(served.warnings),
             }
             if args.copy_to is None:
                 if args.prefetch:
                     _prefetch(layout, args, result.path, line)
                 break
             began = time.monotonic()
-            manifest = read_manifest(layout, args.key)
+            # The manifest of the version resolved once, not of whatever the ref names now.
+            manifest = read_manifest_at(result.path, args.key)
             try:
                 if manifest is None:
                     raise EntryVanished(f"{result.path} was evicted before the copy")
@@ -243,7 +282,33 @@ def run(args: argparse.Namespace) -> int:
         kind = ErrorKind.DOWNLOAD_FAILED
         return _fail(args, kind.value, kind.exit_code, f"unexpected error: {exc}", start)
     _emit(line)
+    _write_termination_message(args.termination_log, _success_message(line))
     return 0
+
+
+def _success_message(line: dict[str, Any]) -> str:
+    """What `kubectl describe pod` shows for the finished init container: the version served."""
+    version = line.get("version") or {}
+    details = [str(version.get("digest") or "no digest")]
+    if version.get("commit"):
+        details.append(f"commit {version['commit']}")
+    if version.get("age_seconds") is not None:
+        details.append(f"{_age(float(version['age_seconds']))} old")
+    details.append(f"check: {version.get('check', '?')}")
+    message = (
+        f"kserve-cache fetch: {line['outcome']} {line['key']} version "
+        f"{version.get('id', '?')} ({', '.join(details)})"
+    )
+    for warning in line.get("warnings") or []:
+        message += f"; warning: {warning}"
+    return message
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def _prefetch(layout: Any, args: argparse.Namespace, path: Path, line: dict[str, Any]) -> None:

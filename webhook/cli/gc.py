@@ -200,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     if not budget.any:
         sys.stderr.write(NO_BUDGET_NOTE)
     in_use: frozenset[str] | None
+    live_pods: frozenset[str] | None = None
+    unrecorded: frozenset[str] = frozenset()
     if args.no_cluster:
         sys.stderr.write(
             "WARNING: --no-cluster: live pods are NOT checked. An entry a running pod mounts "
@@ -220,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
         # every namespace's pods: also those mounting models/<key> of a shared volume by hand
         in_use = keys_in_use(pods, annotation=names.STATUS) | keys_mounted(pods)
+        live_pods, unrecorded = pod_names(pods), keys_mounted(pods)
         logger.info("%d pods listed, %d cache keys in use", len(pods), len(in_use))
 
     if not args.dry_run:  # gc renames and deletes: only on a volume that passed the probe
@@ -240,12 +243,28 @@ def run(args: argparse.Namespace) -> int:
         snapshot = merge_usage(snapshot, args.usage_dir)
     plan = plan_gc(snapshot, budget=budget, now=now, in_use=in_use)
     outcome = None if args.dry_run else execute(layout, plan, budget=budget)
+    from webhook.cache.versions import evict_old_versions, plan_old_versions
+
+    old_versions = plan_old_versions(
+        layout,
+        live_pods=live_pods,
+        keys_in_use=in_use,
+        unrecorded=unrecorded,
+        now=now,
+        grace=budget.grace,
+    )
+    evicted_versions = [] if args.dry_run else evict_old_versions(layout, old_versions)
     if args.json:
         report = {
             "cache_root": str(args.cache_root),
             "dry_run": args.dry_run,
             "plan": plan_to_dict(plan),
             "outcome": None if outcome is None else outcome.to_dict(),
+            "old_versions": [
+                {"key": v.key, "version": v.version, "action": v.action, "reason": v.reason}
+                for v in old_versions
+            ],
+            "old_versions_evicted": [f"{v.key}/{v.version}" for v in evicted_versions],
         }
         sys.stdout.write(json.dumps(report, indent=1, sort_keys=True) + "\n")
     else:
@@ -259,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
             )
             for key, why in sorted(outcome.skipped.items()):
                 sys.stdout.write(f"kept after all: {key} ({why})\n")
+        for v in old_versions:
+            done = "evicted" if v in evicted_versions else v.action
+            sys.stdout.write(f"old version {v.key}/{v.version}: {done} ({v.reason})\n")
     for line in plan.over_budget:
         logger.warning("still over budget: %s", line)
     if outcome is not None and outcome.errors:
@@ -266,6 +288,20 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"kserve-cache gc: error: {line}\n")
         return 1
     return 0
+
+
+def pod_names(pods: list[dict[str, Any]]) -> frozenset[str]:
+    """Names (and hostnames) of the pods that are not finished: fetch records the version
+    each pod got under its hostname, which is the pod's name unless `spec.hostname` is set."""
+    found: set[str] = set()
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        for name in (meta.get("name"), spec.get("hostname")):
+            if isinstance(name, str) and name:
+                found.add(name)
+    return frozenset(found)
 
 
 def human_bytes(size: float) -> str:

@@ -111,9 +111,9 @@ def test_stalled_http_source_is_aborted_and_a_waiter_takes_over_at_once(
     root = tmp_path / "cache"
     root.mkdir()
     common = ("--lease-ttl", "30", "--termination-log", str(tmp_path / "t"))
-    holder = spawn(fetch_args(uri, root, extra=(*common, "--stall-timeout", "1.5")),
+    holder = spawn(fetch_args(uri, root, extra=(*common, "--stall-timeout", "3")),
                    log=tmp_path / "a.log")  # fmt: skip
-    wait_for(lambda: read_holder(Layout(root), key) is not None)
+    wait_for(lambda: http_server.gets.get(path, 0) >= 1)  # its GET is the one that hangs
     # The waiter gives up long before a silent lease (30 s TTL) could be taken over: it can
     # only succeed if the stalled holder releases its lease when it aborts.
     waiter = spawn(fetch_args(uri, root, extra=(*common, "--wait-timeout", "20")),
@@ -122,7 +122,7 @@ def test_stalled_http_source_is_aborted_and_a_waiter_takes_over_at_once(
     code, line, err = finish(holder, tmp_path / "a.log")
     assert code == 10, err
     assert (line["outcome"], line["error"], line["exit_code"]) == ("error", "stalled", 10)
-    assert "made no progress for 1.5s" in line["message"]
+    assert "made no progress for 3s" in line["message"]
     code, line, err = finish(waiter, tmp_path / "b.log")
     assert code == 0, err
     assert line["outcome"] == "miss"  # it took the lease over and downloaded

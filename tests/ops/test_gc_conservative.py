@@ -4,6 +4,7 @@ broken without deleting anything, and gc without a budget says what it will do."
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from tests.ops.helpers import DAY, build_entry, entry_problems, gc_json, run_cli
 from webhook.cache.gc import Budget, execute, plan_gc, scan
 from webhook.cache.layout import Layout, list_keys, record_usage
-from webhook.cache.lease import generations, read_holder, try_acquire
+from webhook.cache.lease import Heartbeat, generations, read_holder, try_acquire
 
 
 @pytest.fixture
@@ -98,9 +99,11 @@ def test_a_lease_that_is_rewritten_is_never_broken_however_old_it_was(layout: La
     built = build_entry(layout, "m", size=1000, last_used=now - DAY, created_at=now - DAY)
     lease = try_acquire(layout, built.key, holder="slow-but-alive")
     assert lease is not None
-    assert lease.touch()  # a fresh rewrite: its mtime is the volume's now
-    code, report, err = gc_json("--cache-root", str(layout.root), "--max-bytes", "0",
-                                "--grace", "0", "--lease-ttl", "1", "--no-cluster")  # fmt: skip
+    old = now - 3 * DAY
+    os.utime(lease.path, (old, old))  # created long ago...
+    with Heartbeat(lease, interval=0.1):  # ...and rewritten all along
+        code, report, err = gc_json("--cache-root", str(layout.root), "--max-bytes", "0",
+                                    "--grace", "0", "--lease-ttl", "5", "--no-cluster")  # fmt: skip
     assert code == 0, err
     assert report["plan"]["dead_leases"] == []
     assert lease.is_mine()

@@ -617,3 +617,22 @@ def test_read_only_mount_of_the_cache_volume_is_retargeted_once(serving_mode: st
         namespace_annotations=None,
     )
     assert again.patch == []
+
+
+@pytest.mark.parametrize("where", ["containers", "ephemeralContainers"])
+def test_a_container_already_named_storage_initializer_is_a_name_conflict(where: str) -> None:
+    """The fuzz find: with injectWithoutKServe, a regular container named storage-initializer
+    got an init container of the same name beside it (names are unique across a pod's lists,
+    so the API server refuses the pod)."""
+    pod = copy.deepcopy(golden_input("18-inject-without-kserve"))
+    pod["spec"][where] = [
+        *pod["spec"].get(where, []),
+        {"name": names.STORAGE_INITIALIZER, "image": "example/image:1"},
+    ]
+    config = parse_config("injectWithoutKServe: true\n", source="test")
+    decision = decide(pod, namespace="default", config=config, namespace_annotations=None)
+    assert decision.kind == "skipped"
+    assert decision.reason is not None
+    assert decision.reason.value == "name-conflict"
+    assert any("name-conflict" in w for w in decision.warnings)
+    assert decision.after == pod

@@ -230,6 +230,16 @@ def mutate(
     out = _writable_pod(pod)
     pod_spec: dict[str, Any] = out.setdefault("spec", {})
     volumes: list[dict[str, Any]] = list(pod_spec.get("volumes") or [])
+    for key in ("containers", "ephemeralContainers"):
+        # container names are unique across all lists: our init container would be refused
+        if any(
+            isinstance(c, Mapping) and c.get("name") == names.STORAGE_INITIALIZER
+            for c in pod_spec.get(key) or ()
+        ):
+            raise Skip(
+                SkipReason.NAME_CONFLICT,
+                f"a container in {key} is already named {names.STORAGE_INITIALIZER!r}",
+            )
 
     # 1. the cache volume
     claim: dict[str, Any] = {"claimName": spec.pvc}

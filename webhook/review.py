@@ -229,6 +229,7 @@ def decide(
         if skip.reason in (
             SkipReason.INVALID_ANNOTATION,
             SkipReason.VOLUME_CONFLICT,
+            SkipReason.NAME_CONFLICT,
             SkipReason.FOREIGN_MODEL_MOUNT,
             SkipReason.PVC_MISSING,
             SkipReason.WINDOWS_POD,

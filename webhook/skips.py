@@ -20,6 +20,7 @@ class SkipReason(StrEnum):
     AWAITING_KSERVE = "awaiting-kserve"
     PVC_MISSING = "pvc-missing"
     VOLUME_CONFLICT = "volume-conflict"
+    NAME_CONFLICT = "name-conflict"
     FOREIGN_MODEL_MOUNT = "foreign-model-mount"
     NO_MODEL_CONTAINER = "no-model-container"
     WINDOWS_POD = "windows-pod"

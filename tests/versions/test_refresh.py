@@ -372,3 +372,26 @@ def test_bad_flags_change_nothing(s3: S3, tmp_path: Path, flag: str) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert list(root.iterdir()) == []
+
+
+def test_warm_republishes_a_quarantined_version(s3: S3, tmp_path: Path) -> None:
+    uri, key = _model(s3)
+    root = _root(tmp_path)
+    first = run_fetch(uri, root, env=s3.env(), extra=("--refresh=on-start",))
+    (Path(first.result["path"]) / "config.json").write_bytes(b'{"v": 9}')
+    check = subprocess.run(
+        [str(CLI), "verify", "--cache-root", str(root), "--full", "--quarantine"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert check.returncode == 1
+    assert read_ref(Layout(root), key).kind == "broken"  # a dangling ref
+    warm = subprocess.run(
+        # --endpoint= : the key run_fetch uses (the webhook mixed no endpoint into it)
+        [str(CLI), "warm", "--uri", uri, "--cache-root", str(root), "--endpoint="],
+        capture_output=True, text=True, timeout=120, check=False, env=s3.env(),
+    )  # fmt: skip
+    assert warm.returncode == 0, warm.stderr
+    line = json.loads(warm.stdout.strip().splitlines()[-1])
+    assert line["outcome"] == "miss"
+    assert line["version"]["digest"] == first.result["version"]["digest"]
+    assert tree_sha(_kubelet(root, key)) == _want(V1)

@@ -112,8 +112,9 @@ def load_isvc(path: Path) -> Mapping[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from webhook.cache.download import default_downloader
-    from webhook.cache.fetch import FetchError, check_writable, fetch_entry
+    from webhook.cache.fetch import FetchError, Settings, check_writable
     from webhook.cache.layout import Layout
+    from webhook.cache.versioned import Options, fetch_versioned
 
     try:
         if args.from_isvc is not None:
@@ -145,18 +146,21 @@ def run(args: argparse.Namespace) -> int:
 
         check_writable(Layout(root))
         probe_from_args(root, args)
-        result = fetch_entry(
+        # Through the versions layer: a key whose ref a quarantine left dangling is
+        # published as a version again (a plain folder cannot replace a ref).
+        served = fetch_versioned(
             Layout(root),
             uri=uri,
             key=key,
             revision=revision,
             downloader=default_downloader(),
-            lease_ttl=args.lease_ttl,
-            wait_timeout=args.wait_timeout,
+            options=Options(),
+            settings=Settings(
+                args.lease_ttl, args.wait_timeout, args.stall_timeout, args.progress_interval
+            ),
             endpoint=endpoint,
-            stall_timeout=args.stall_timeout,
-            progress_interval=args.progress_interval,
         )
+        result = served.result
     except FetchError as exc:
         return _fail(exc.kind.value, exc.kind.exit_code, exc.message, uri=uri, revision=revision,
                      key=key)  # fmt: skip
@@ -174,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(time.monotonic() - start, 3),
             "download_seconds": round(result.download_seconds, 3),
             "path": str(result.path),
+            "version": served.to_dict(),
         }
     )
     return 0

@@ -418,3 +418,31 @@ def test_seal_materializes_links_and_lists_files(tmp_path: Path) -> None:
     assert not any(p.is_symlink() for p in folder.rglob("*"))
     (source / "a.bin").write_bytes(b"changed")
     assert (folder / "a.bin").read_bytes() == b"a" * 10
+
+
+def test_a_waiter_never_reports_success_on_a_half_copied_entry(layout: Layout) -> None:
+    """On an object-storage FUSE mount a folder "rename" is a copy, manifest first: a waiter
+    that saw the manifest and 1 of 2 files must keep waiting, never exit 0."""
+    layout.ensure_dirs()
+    holder = leases.try_acquire(layout, KEY, holder="copying-holder")
+    assert holder is not None
+    staging = layout.new_staging(KEY)
+    staging.mkdir()
+    Writer()(URI, staging)
+    files = seal(staging)
+    manifest = Manifest(uri=URI, revision="", key=KEY, files=files,
+                        bytes=sum(f.size for f in files), created_at=time.time(),
+                        download_seconds=0.0, endpoint="")  # fmt: skip
+    layout.entry(KEY).mkdir()
+    (layout.entry(KEY) / MANIFEST_NAME).write_text(manifest.to_json())
+    (layout.entry(KEY) / "config.json").write_bytes(FILES["config.json"])  # 1 of 2 copied
+    with leases.Heartbeat(holder, interval=0.05), pytest.raises(FetchError) as err:
+        fetch_entry(layout, uri=URI, key=KEY, downloader=Writer(), wait_timeout=0.5)
+    assert err.value.kind is ErrorKind.WAIT_TIMEOUT
+    # The copying holder died: the next fetch renames the half entry aside and downloads.
+    assert holder.release()
+    writer = Writer()
+    result = fetch_entry(layout, uri=URI, key=KEY, downloader=writer)
+    assert (result.outcome, writer.calls) == ("miss", 1)
+    assert entry_files(layout) == FILES
+    assert list(layout.trash.iterdir()) == []

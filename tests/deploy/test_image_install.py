@@ -20,7 +20,8 @@ import pytest
 
 from tests.deploy.conftest import ROOT
 
-pytestmark = pytest.mark.image
+# Two pip installs from the package index at once: minutes on a loaded machine.
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]
 TARGETS = ("webhook", "fetcher")
 
 
@@ -112,9 +113,15 @@ def test_wheel_installs_and_runs_as_in_the_images(tmp_path: Path) -> None:
             text=True,
             env=env,
         )
-    for target, process in installs.items():
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, f"{target}: {output}"
+    try:
+        for target, process in installs.items():
+            output, _ = process.communicate(timeout=900)
+            assert process.returncode == 0, f"{target}: {output}"
+    finally:  # never leave an install running (or its pipe open) for the next test
+        for process in installs.values():
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
 
     for target, prefix in prefixes.items():
         exe = prefix / "bin" / "kserve-cache"

@@ -448,3 +448,29 @@ def test_flags_in_a_command_section_are_that_commands(command: str, flag: str) -
     _, subs = _parsers()
     assert command in subs
     assert flag in subs[command]._option_string_actions or flag in {"--log-level", "--help"}
+
+
+def test_the_certs_example_is_what_certs_prints(tmp_path: Path) -> None:
+    """docs/install.md shows two runs of `certs` (a rotation): their messages, minus the time."""
+    page = (ROOT / "docs" / "install.md").read_text()
+    block = page[page.index("$ kserve-cache certs --out-dir certs/cluster\n") :]
+    block = block[: block.index("```")]
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+    shown = [stamp.sub("", ln) for ln in block.splitlines() if stamp.match(ln)]
+    assert len(shown) == 2
+    exe = Path(sys.executable).parent / "kserve-cache"
+    printed = []
+    for _ in range(2):
+        result = subprocess.run(
+            [str(exe), "certs", "--out-dir", "certs/cluster"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        printed += [stamp.sub("", ln) for ln in result.stderr.splitlines()]
+        assert re.fullmatch(r"[A-Za-z0-9+/=]+\n", result.stdout)  # stdout: only the caBundle
+    assert printed == shown
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "certs/cluster").iterdir()}
+    assert modes == {"ca.crt": 0o644, "tls.crt": 0o644, "tls.key": 0o600}

@@ -142,10 +142,10 @@ def test_killed_workers_of_the_s3_pool_do_not_hang_the_fetch(s3: S3, tmp_path: P
     key = cache_key(uri)
     root = tmp_path / "cache"
     root.mkdir()
-    throttle(s3, 0.3)  # about 3.5 s for the 700 kB object
+    throttle(s3, 0.5)  # about 6 s for the 700 kB object: killed in the middle
     try:
         holder = spawn(
-            fetch_args(uri, root, extra=("--stall-timeout", "3", "--termination-log", "/dev/null")),
+            fetch_args(uri, root, extra=("--stall-timeout", "8", "--termination-log", "/dev/null")),
             env=s3.env(),
             log=tmp_path / "a.log",
         )

@@ -426,7 +426,7 @@ def section_flags() -> list[pytest.ParameterSet]:
             if heading:
                 depth = len(heading.group(1))
                 named = re.search(r"`kserve-cache ([a-z-]+)`", heading.group(2))
-                if named:
+                if named and depth >= 2:  # a page's title covers more than one command
                     command, level = named.group(1), depth
                 elif command is not None and depth <= level:
                     command = None

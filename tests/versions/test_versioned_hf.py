@@ -55,3 +55,35 @@ def test_hf_version_follows_the_branch_commit(stub: StubServer, layout: Layout) 
     assert (moved.path / "config.json").read_text() == "b" * 40
     assert (first.path / "config.json").read_text() == "a" * 40  # v1 untouched
     assert moved.digest != first.digest
+
+
+def test_full_verify_of_an_entry_from_before_hashes_checks_sizes_and_says_so(
+    layout: Layout,
+) -> None:
+    import json
+
+    uri = "s3://models/old"
+    key = cache_key(uri)
+    entry = layout.entry(key)
+    entry.mkdir(parents=True)
+    (entry / "w.bin").write_bytes(b"abc")
+    manifest = {
+        "uri": uri, "revision": "", "key": key, "bytes": 3, "created_at": 1.0,
+        "download_seconds": 0.0, "version": 1, "files": [{"path": "w.bin", "size": 3}],
+    }  # fmt: skip
+    (entry / ".kserve-cache.json").write_text(json.dumps(manifest))
+    options = Options(verify="full", symlinks=True, pod="p")
+    served = fetch_versioned(
+        layout, uri=uri, key=key, downloader=Recorder(), options=options, source=""
+    )
+    assert served.result.outcome == "hit"
+    assert any("predates per-file hashes" in w for w in served.warnings)
+    (entry / "w.bin").write_bytes(b"abcd")  # a size change: incomplete, downloaded again
+    download = Recorder()
+    again = fetch_versioned(
+        layout, uri=uri, key=key, downloader=download, options=options, source=""
+    )
+    assert again.result.outcome == "miss"
+    assert download.asked == [uri]
+    assert (again.path / "config.json").read_text() == uri.rsplit(":", 1)[-1]
+    assert not (again.path / "w.bin").exists()

@@ -145,12 +145,19 @@ def fetch_versioned(
     if due:
         fp = source_fingerprint(uri, env=env, timeout=options.check_timeout)
     check = "not-asked" if current is not None and not due else "miss"
+    changed = False
     if current is not None and due:
         check, changed = _compare(uri, fp, current, warnings)
-        if not changed:
+        if changed:
+            logger.info("%s changed at the source (%s): downloading a new version", key, check)
+    if current is not None and not changed:
+        damage = verify_sizes(current.path, current.files)
+        if not damage:
             return _serve(layout, current, result=_hit(layout, current, start), check=check,
                           pin=pin, options=options, own=own, warnings=warnings)  # fmt: skip
-        logger.info("%s changed at the source (%s): downloading a new version", key, check)
+        # Incomplete (a file missing or of another size): a miss, repaired under the lease.
+        logger.warning("%s does not match its manifest (%s): downloading it again",
+                       key, describe(damage))  # fmt: skip
 
     # A miss, or a new version: one download for everyone, under the lease.
     target = fp.value if isinstance(fp, Fingerprint) else ""
@@ -296,6 +303,10 @@ def _serve(
     if pin and info.digest != pin:
         info = _pinned_elsewhere(layout, info, pin, options)
     full = options.verify == "full" and not fresh  # a fresh download was hashed just now
+    if full and not all(f.sha256 for f in info.files):
+        # An entry from before hashing cannot be re-hashed against anything: sizes only.
+        warnings.append("this entry predates per-file hashes: --verify=full checked sizes only")
+        full = False
     problems = verify_full(info.path, info.files) if full else verify_sizes(info.path, info.files)
     if problems:
         raise FetchError(

@@ -31,6 +31,7 @@ from webhook.cache.layout import (
     Layout,
     Manifest,
     discard,
+    fsync_dir,
     read_manifest,
     record_usage,
     staging_key,
@@ -481,7 +482,7 @@ def download_and_publish(
             )
             try:
                 _write_durably(staging / MANIFEST_NAME, manifest.to_json().encode())
-                _fsync_dir(staging)
+                fsync_dir(staging)
             except OSError as exc:
                 raise os_error(exc, layout, "writing the manifest") from exc
             phase("sealed")
@@ -649,7 +650,7 @@ def publish(layout: Layout, key: str, staging: Path, *, source: str | None = Non
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) and not lost_race:
                 raise
         else:
-            _fsync_dir(layout.models)
+            fsync_dir(layout.models)
             return True
         try:
             whole = check_hit(layout, key, source=source or "") is not None
@@ -697,7 +698,7 @@ def seal(folder: Path) -> tuple[FileEntry, ...]:
             # sha256 for the manifest and the fsync share the open.
             digest = hash_file(path, fsync=True)
             files.append(FileEntry(path=rel, size=digest.size, sha256=digest.sha256))
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
     return tuple(files)
 
 
@@ -780,18 +781,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some network filesystems refuse fsync on a directory; the rename is still atomic.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
     finally:
         os.close(fd)
 

@@ -345,3 +345,16 @@ def staging_key(name: str) -> str | None:
     """The key a staging folder name `<key>.<random>` belongs to, or None for other names."""
     key, dot, _ = name.rpartition(".")
     return key if dot and is_valid_key(key) else None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some network filesystems refuse fsync on a directory; the rename is still atomic.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)

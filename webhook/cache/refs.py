@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from webhook.cache.layout import Layout
+from webhook.cache.layout import Layout, fsync_dir
 from webhook.keys import is_valid_key
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def install_version(layout: Layout, key: str, staging: Path, version: str) -> tu
             raise
         _to_trash(layout, key, staging)
         return target, False
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target, True
 
 
@@ -259,7 +259,7 @@ def swap_ref(layout: Layout, key: str, version: str) -> Ref:
         with contextlib.suppress(FileNotFoundError):
             if tmp.is_symlink():
                 tmp.unlink()
-    _fsync_dir(layout.models)
+    fsync_dir(layout.models)
     logger.info("ref %s -> %s (was %s %s)", key, version, previous.kind, previous.version)
     return previous
 
@@ -365,14 +365,3 @@ def _version(version: str) -> str:
     if not VERSION_RE.fullmatch(version):
         raise RefError(errno.EINVAL, f"not a version name: {version!r}")
     return version
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)

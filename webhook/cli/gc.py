@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook.cache.gc import GcError, Plan, parse_duration, parse_size
+from webhook.cache.progress import human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -302,14 +303,6 @@ def pod_names(pods: list[dict[str, Any]]) -> frozenset[str]:
             if isinstance(name, str) and name:
                 found.add(name)
     return frozenset(found)
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def human_age(seconds: float) -> str:

@@ -11,7 +11,8 @@ import logging
 import sys
 from typing import Any
 
-from webhook.cli.gc import duration_arg, existing_dir, human_age, human_bytes, table
+from webhook.cache.progress import human_bytes
+from webhook.cli.gc import duration_arg, existing_dir, human_age, table
 
 logger = logging.getLogger(__name__)
 

@@ -109,4 +109,5 @@ def test_golden_cases_cover_every_outcome() -> None:
         "windows-pod",
         "multiple-storage-uris",
         "custom-model-path",
+        "name-conflict",
     } <= reasons

@@ -283,7 +283,7 @@ def run_wrk(
             "wrk",
             f"-t{threads}",
             f"-c{conns}",
-            f"-d{seconds}s",
+            f"-d{seconds:g}s",
             "--timeout",
             "5s",
             "-s",

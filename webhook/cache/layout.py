@@ -331,13 +331,7 @@ def record_usage(layout: Layout, key: str, outcome: str, *, now: float | None = 
     del data["key"]
     target = layout.usage_file(key)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{key}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    try:
-        tmp.replace(target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    replace_file(target, json.dumps(data))
     return usage
 
 
@@ -345,6 +339,19 @@ def staging_key(name: str) -> str | None:
     """The key a staging folder name `<key>.<random>` belongs to, or None for other names."""
     key, dot, _ = name.rpartition(".")
     return key if dot and is_valid_key(key) else None
+
+
+def replace_file(target: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `target`, then rename it over `target`: a
+    reader sees the old content or the new, never half of it. The temporary is removed on
+    failure."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def fsync_dir(path: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from webhook.cache.fetch import ErrorKind, FetchError
+from webhook.cache.layout import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -398,14 +399,7 @@ def read_record(root: Path) -> ProbeReport | None:
 
 
 def write_record(root: Path, report: ProbeReport) -> None:
-    target = root / RECORD_NAME
-    tmp = root / f".{RECORD_NAME}.{secrets.token_hex(4)}.tmp"
-    try:
-        tmp.write_text(report.to_json(), encoding="utf-8")
-        tmp.replace(target)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    replace_file(root / RECORD_NAME, report.to_json())
 
 
 def allow_unsafe_from(flag: bool, env: Mapping[str, str] | None = None) -> bool:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from webhook.cache.layout import Layout
+from webhook.cache.layout import Layout, replace_file
 
 DEFAULT_INTERVAL: Final = 10.0
 
@@ -56,14 +55,8 @@ def write_progress(layout: Layout, progress: Progress) -> None:
     with contextlib.suppress(OSError):
         layout.progress.mkdir(exist_ok=True)
         target = layout.progress_file(progress.key)
-        tmp = target.with_name(f".{progress.key}.{secrets.token_hex(4)}.tmp")
         data = {**asdict(progress), "updated": time.time()}
-        tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-        try:
-            tmp.replace(target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        replace_file(target, json.dumps(data, sort_keys=True))
 
 
 def read_progress(layout: Layout, key: str) -> Progress | None:

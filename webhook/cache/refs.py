@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from webhook.cache.layout import Layout, fsync_dir
+from webhook.cache.layout import Layout, fsync_dir, replace_file
 from webhook.keys import is_valid_key
 
 logger = logging.getLogger(__name__)
@@ -323,13 +323,7 @@ def record_served(
     newest = sorted(served.items(), key=lambda kv: kv[1][1])[-SERVED_MAX:]
     data = {p: {"version": v, "at": t} for p, (v, t) in newest}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".served.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-    try:
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    replace_file(path, json.dumps(data, sort_keys=True))
 
 
 def read_served(layout: Layout, key: str) -> dict[str, tuple[str, float]]:

@@ -3,18 +3,20 @@
 The input is never modified, unknown fields are preserved, and mutating an already mutated pod
 changes nothing: every name we inject is fixed and every step replaces rather than appends.
 The result shares the parts it does not change with the input (no deep copy of managedFields,
-env...): treat both as read-only.
+env...): treat both as read-only. It comes with the JSON patch from the input to it, recorded
+where each change is made (see `mutate`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhook import __version__, names
 from webhook.clusterconfig import ClusterConfig, ServingMode
 from webhook.keys import cache_key, source_endpoint
+from webhook.patch import MISSING, Op, add_op, escape, remove_op, replace_op, same
 from webhook.policy import Policy
 from webhook.selection import ModelSource, find_init_container, metadata
 from webhook.skips import Skip, SkipReason
@@ -156,35 +158,46 @@ def copy_mode_reason(pod: Mapping[str, Any]) -> str | None:
 
 
 def _retarget_model_mounts(
-    containers: list[dict[str, Any]], mount: dict[str, Any], *, mode: ServingMode
+    spec: dict[str, Any], mount: dict[str, Any], *, mode: ServingMode, ops: list[Op]
 ) -> bool:
-    """Point every /mnt/models mount at our volume; True when any container had one. In copy
-    mode a mount of KServe's emptyDir stays as it is (its own readOnly included)."""
+    """Point every /mnt/models mount of the containers and of the init containers other than
+    ours at our volume; True when any container had one. In copy mode a mount of KServe's
+    emptyDir stays as it is (its own readOnly included)."""
     found = False
-    for container in containers:
-        mounts = container.get("volumeMounts")
-        if not isinstance(mounts, list):
-            continue
-        for index, existing in enumerate(mounts):
-            if not isinstance(existing, dict) or not _is_model_path(existing.get("mountPath")):
+    for key in ("containers", "initContainers"):
+        for position, container in enumerate(spec.get(key) or ()):
+            if key == "initContainers" and container.get("name") == names.STORAGE_INITIALIZER:
                 continue
-            if existing.get("name") not in (names.PROVISION_VOLUME, names.CACHE_VOLUME):
-                raise Skip(
-                    SkipReason.FOREIGN_MODEL_MOUNT,
-                    f"container {container.get('name')!r} mounts volume "
-                    f"{existing.get('name')!r} at {names.MODEL_MOUNT_PATH}",
-                )
-            if existing.get("name") == names.CACHE_VOLUME and existing.get("readOnly") is not True:
-                # never ours (we mount the shared cache read-only): a writer into the cache
-                raise Skip(
-                    SkipReason.FOREIGN_MODEL_MOUNT,
-                    f"container {container.get('name')!r} mounts the cache volume "
-                    f"{names.CACHE_VOLUME!r} writable at {names.MODEL_MOUNT_PATH}",
-                )
-            found = True
-            if mode is ServingMode.COPY and existing.get("name") == names.PROVISION_VOLUME:
+            mounts = container.get("volumeMounts")
+            if not isinstance(mounts, list):
                 continue
-            mounts[index] = dict(mount)
+            for index, existing in enumerate(mounts):
+                if not isinstance(existing, dict) or not _is_model_path(existing.get("mountPath")):
+                    continue
+                if existing.get("name") not in (names.PROVISION_VOLUME, names.CACHE_VOLUME):
+                    raise Skip(
+                        SkipReason.FOREIGN_MODEL_MOUNT,
+                        f"container {container.get('name')!r} mounts volume "
+                        f"{existing.get('name')!r} at {names.MODEL_MOUNT_PATH}",
+                    )
+                if (
+                    existing.get("name") == names.CACHE_VOLUME
+                    and existing.get("readOnly") is not True
+                ):
+                    # never ours (we mount the shared cache read-only): a writer into the cache
+                    raise Skip(
+                        SkipReason.FOREIGN_MODEL_MOUNT,
+                        f"container {container.get('name')!r} mounts the cache volume "
+                        f"{names.CACHE_VOLUME!r} writable at {names.MODEL_MOUNT_PATH}",
+                    )
+                found = True
+                if mode is ServingMode.COPY and existing.get("name") == names.PROVISION_VOLUME:
+                    continue
+                if not same(existing, mount):
+                    mounts[index] = dict(mount)
+                    ops.append(
+                        replace_op(f"/spec/{key}/{position}/volumeMounts/{index}", mounts[index])
+                    )
     return found
 
 
@@ -214,6 +227,36 @@ def _mounter(spec: Mapping[str, Any], volume: str) -> str | None:
     return None
 
 
+class Mutation(NamedTuple):
+    pod: dict[str, Any]
+    """The pod with the cache injected (sharing what it does not change with the input)."""
+    patch: list[Op]
+    """The JSON patch (RFC 6902) from the input to `pod`, recorded as each change is made."""
+
+
+def _set_member(ops: list[Op], path: str, parent: Mapping[str, Any], key: str, value: Any) -> None:
+    """Record `parent[key] = value` (parent as in the input), when it changes anything."""
+    old = parent.get(key, MISSING)
+    if old is MISSING:
+        ops.append(add_op(f"{path}/{escape(key)}", value))
+    elif not same(old, value):
+        ops.append(replace_op(f"{path}/{escape(key)}", value))
+
+
+def _append(
+    ops: list[Op], path: str, parent: Mapping[str, Any], key: str, items: list[Any]
+) -> None:
+    """Record that `items` were appended to the list `parent[key]` of the input: one `add` an
+    item, or the whole list when the input had none (missing or null)."""
+    old = parent.get(key, MISSING)
+    if type(old) is not list:
+        if items:
+            _set_member(ops, path, parent, key, items if old is MISSING else list(items))
+        return
+    for offset, item in enumerate(items):
+        ops.append(add_op(f"{path}/{escape(key)}/{len(old) + offset}", item))
+
+
 def mutate(
     pod: Mapping[str, Any],
     policy: Policy,
@@ -222,13 +265,26 @@ def mutate(
     config: ClusterConfig,
     namespace: str,
     spec: FetchSpec | None = None,
-) -> dict[str, Any]:
-    """The pod with the cache injected. Raises Skip when it cannot be done safely. `spec` is
-    `fetch_spec()` of the same arguments, when the caller has it already."""
+) -> Mutation:
+    """The pod with the cache injected, and the patch to it. Raises Skip when it cannot be
+    done safely. `spec` is `fetch_spec()` of the same arguments, when the caller has it.
+
+    Every change below is recorded as a patch operation where it is made, against the input's
+    own values (nothing is diffed afterwards): the input's shape decides between `add` of a
+    member, `add` of a list item and `replace`, and a value equal to the input's is no op.
+    """
     if spec is None:
         spec = fetch_spec(pod, policy, source=source, config=config, namespace=namespace)
     out = _writable_pod(pod)
+    ops: list[Op] = []
+    given_spec = pod.get("spec")
+    if not isinstance(given_spec, dict):
+        # never reached by a pod the selection lets through (it needs a model container);
+        # kept total: the changes go into a new spec, added whole at the end
+        given_spec = None
     pod_spec: dict[str, Any] = out.setdefault("spec", {})
+    spec_ops: list[Op] = ops if given_spec is not None else []
+    original: Mapping[str, Any] = given_spec if given_spec is not None else {}
     volumes: list[dict[str, Any]] = list(pod_spec.get("volumes") or [])
     for key in ("containers", "ephemeralContainers"):
         # container names are unique across all lists: our init container would be refused
@@ -247,6 +303,7 @@ def mutate(
         # what makes the kubelet publish the volume read-only (a mount's readOnly does not)
         claim["readOnly"] = True
     wanted_volume = {"name": names.CACHE_VOLUME, "persistentVolumeClaim": claim}
+    added_volumes: list[dict[str, Any]] = []
     current = next((v for v in volumes if v.get("name") == names.CACHE_VOLUME), None)
     if current is None:
         holder = _mounter(pod_spec, names.CACHE_VOLUME)
@@ -257,7 +314,7 @@ def mutate(
                 f"container {holder!r} mounts a volume named {names.CACHE_VOLUME!r} "
                 "that the pod does not define",
             )
-        volumes.append(wanted_volume)
+        added_volumes.append(wanted_volume)
     elif current != wanted_volume:
         raise Skip(
             SkipReason.VOLUME_CONFLICT,
@@ -266,22 +323,21 @@ def mutate(
 
     # 2. the model mounts of every container that reads /mnt/models
     containers: list[dict[str, Any]] = pod_spec.get("containers") or []
-    init_containers: list[dict[str, Any]] = list(pod_spec.get("initContainers") or [])
-    readers = containers + [
-        c for c in init_containers if c.get("name") != names.STORAGE_INITIALIZER
-    ]
     model_mount = _model_mount(spec)
-    if not _retarget_model_mounts(readers, model_mount, mode=spec.mode):
-        target = next((c for c in containers if c.get("name") == names.KSERVE_CONTAINER), None)
+    if not _retarget_model_mounts(pod_spec, model_mount, mode=spec.mode, ops=spec_ops):
+        position, target = next(
+            ((i, c) for i, c in enumerate(containers) if c.get("name") == names.KSERVE_CONTAINER),
+            (-1, None),
+        )
         if target is None:
             raise Skip(
                 SkipReason.NO_MODEL_CONTAINER,
                 f"no container mounts {names.MODEL_MOUNT_PATH} and none is named "
                 f"{names.KSERVE_CONTAINER!r}",
             )
-        target_mounts = list(target.get("volumeMounts") or [])
-        target_mounts.append(dict(model_mount))
-        target["volumeMounts"] = target_mounts
+        mount = dict(model_mount)
+        _append(spec_ops, f"/spec/containers/{position}", target, "volumeMounts", [mount])
+        target["volumeMounts"] = [*(target.get("volumeMounts") or ()), mount]
 
     # 3. our storage-initializer, taking over KServe's (or ours from an earlier pass)
     existing = find_init_container(out, names.STORAGE_INITIALIZER)
@@ -292,37 +348,69 @@ def mutate(
         template=config.initContainer,
         pod_security=pod_security if isinstance(pod_security, Mapping) else None,
     )
+    init_containers: list[dict[str, Any]] = list(pod_spec.get("initContainers") or [])
     if existing is None:
+        _append(spec_ops, "/spec", original, "initContainers", [initializer])
         init_containers.append(initializer)
     else:
-        init_containers = [
-            initializer if c.get("name") == names.STORAGE_INITIALIZER else c
-            for c in init_containers
-        ]
+        for position, container in enumerate(init_containers):
+            if container.get("name") == names.STORAGE_INITIALIZER:
+                if not same(container, initializer):
+                    spec_ops.append(replace_op(f"/spec/initContainers/{position}", initializer))
+                init_containers[position] = initializer
     pod_spec["initContainers"] = init_containers
 
     # 4. the emptyDir: needed in copy mode, dropped in mount mode once nothing mounts it
     has_provision = any(v.get("name") == names.PROVISION_VOLUME for v in volumes)
     if spec.mode is ServingMode.COPY and not has_provision:
-        volumes.append({"name": names.PROVISION_VOLUME, "emptyDir": {}})
+        added_volumes.append({"name": names.PROVISION_VOLUME, "emptyDir": {}})
+    _append(spec_ops, "/spec", original, "volumes", added_volumes)
+    volumes += added_volumes
+    if "volumes" in original and not added_volumes and type(original["volumes"]) is not list:
+        spec_ops.append(replace_op("/spec/volumes", volumes))  # null: now an empty list
     pod_spec["volumes"] = volumes
     if (
         spec.mode is ServingMode.MOUNT
         and has_provision
         and not _references(pod_spec, names.PROVISION_VOLUME)
     ):
+        # highest index first: each removal leaves the indices below it as they were
+        for index in reversed(range(len(volumes))):
+            if volumes[index].get("name") == names.PROVISION_VOLUME:
+                spec_ops.append(remove_op(f"/spec/volumes/{index}"))
         pod_spec["volumes"] = [v for v in volumes if v.get("name") != names.PROVISION_VOLUME]
 
     # 5. fsGroup only when the pod has none; never a recursive chown of the whole cache
-    security = pod_spec.get("securityContext")
-    security = dict(security) if isinstance(security, dict) else {}
-    security.setdefault("fsGroup", policy.fs_group)
-    security.setdefault("fsGroupChangePolicy", "OnRootMismatch")
+    given_security = pod_spec.get("securityContext")
+    security = dict(given_security) if isinstance(given_security, dict) else {}
+    if isinstance(given_security, dict):
+        for field, value in (
+            ("fsGroup", policy.fs_group),
+            ("fsGroupChangePolicy", "OnRootMismatch"),
+        ):
+            if field not in security:
+                security[field] = value
+                spec_ops.append(add_op(f"/spec/securityContext/{field}", value))
+    else:
+        security.update(fsGroup=policy.fs_group, fsGroupChangePolicy="OnRootMismatch")
+        _set_member(spec_ops, "/spec", original, "securityContext", security)
     pod_spec["securityContext"] = security
+    if given_spec is None:
+        _set_member(ops, "", pod, "spec", pod_spec)
 
     # 6. the status annotation
+    given_meta = pod.get("metadata")
     meta: dict[str, Any] = out.setdefault("metadata", {})
-    annotations = dict(meta.get("annotations") or {})
+    given_annotations = meta.get("annotations")
+    annotations = dict(given_annotations or {})
     annotations[names.STATUS] = status_annotation(spec, policy)
     meta["annotations"] = annotations
-    return out
+    if not isinstance(given_meta, dict):
+        _set_member(ops, "", pod, "metadata", meta)
+    elif type(given_annotations) is dict:
+        _set_member(
+            ops, "/metadata/annotations", given_annotations, names.STATUS, annotations[names.STATUS]
+        )
+    else:
+        _set_member(ops, "/metadata", given_meta, "annotations", annotations)
+    return Mutation(out, ops)

@@ -1,8 +1,12 @@
-"""The JSON patch between two pods: add/remove/replace only (no `move`/`copy`), checked by
-applying it before it is sent (the tests check it again with the `jsonpatch` library).
+"""JSON patches (RFC 6902, add/remove/replace only: no `move`/`copy`).
 
-`mutate()` shares every unchanged part of the pod with its input, so the diff skips shared
-subtrees by identity and costs what was changed, not the size of the pod (managedFields, env).
+The admission path does not diff: `mutate()` records each operation where it makes the change
+(`add_op`, `replace_op`, `remove_op`). `make_patch()` diffs two documents, for `preview` of
+documents the webhook did not patch itself, and checks its result by applying it. The tests
+apply every patch again with the `jsonpatch` library and compare with the mutated pod.
+
+The diff skips subtrees shared by identity, so it costs what was changed, not the size of the
+document (managedFields, env).
 """
 
 from __future__ import annotations
@@ -19,15 +23,33 @@ class PatchError(RuntimeError):
     """The computed patch does not turn `before` into `after`: a bug, never sent."""
 
 
-def _escape(token: str) -> str:
+Op = dict[str, Any]
+"""One RFC 6902 operation: `{"op": ..., "path": ..., "value": ...}`."""
+
+
+def escape(token: str) -> str:
+    """A member name as a JSON pointer token (RFC 6901)."""
     return token.replace("~", "~0").replace("/", "~1")
+
+
+def add_op(path: str, value: Any) -> Op:
+    return {"op": "add", "path": path, "value": value}
+
+
+def replace_op(path: str, value: Any) -> Op:
+    return {"op": "replace", "path": path, "value": value}
+
+
+def remove_op(path: str) -> Op:
+    return {"op": "remove", "path": path}
 
 
 def _unescape(token: str) -> str:
     return token.replace("~1", "/").replace("~0", "~")
 
 
-_MISSING: Any = object()
+MISSING: Any = object()
+"""A member that is not there (`None` is JSON null)."""
 
 
 def same(a: Any, b: Any) -> bool:
@@ -41,8 +63,8 @@ def same(a: Any, b: Any) -> bool:
         if len(a) != len(b):
             return False
         for key, value in a.items():
-            other = b.get(key, _MISSING)
-            if value is not other and (other is _MISSING or not same(value, other)):
+            other = b.get(key, MISSING)
+            if value is not other and (other is MISSING or not same(value, other)):
                 return False
         return True
     if kind is list:
@@ -61,13 +83,13 @@ def _diff(before: Any, after: Any, path: str, ops: list[dict[str, Any]]) -> None
     if type(before) is dict and type(after) is dict:
         for key in before:
             if key not in after:
-                ops.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
+                ops.append({"op": "remove", "path": f"{path}/{escape(key)}"})
         for key, value in after.items():
-            old = before.get(key, _MISSING)
+            old = before.get(key, MISSING)
             if old is value:  # shared with the input: nothing changed below
                 continue
-            sub = f"{path}/{_escape(key)}"
-            if old is _MISSING:
+            sub = f"{path}/{escape(key)}"
+            if old is MISSING:
                 ops.append({"op": "add", "path": sub, "value": value})
             else:
                 _diff(old, value, sub, ops)

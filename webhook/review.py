@@ -17,7 +17,7 @@ from webhook import names, template
 from webhook.clusterconfig import ClusterConfig, ServingMode
 from webhook.mutate import copy_mode_reason, fetch_spec, mutate
 from webhook.namespaces import ClaimInfo, NamespaceView
-from webhook.patch import encode_patch, make_patch
+from webhook.patch import encode_patch
 from webhook.policy import Layer, Policy, resolve_policy
 from webhook.selection import (
     Origin,
@@ -223,7 +223,9 @@ def decide(
                     ),
                 ),
             )
-        after = mutate(pod, policy, source=source, config=config, namespace=namespace, spec=spec)
+        after, patch = mutate(
+            pod, policy, source=source, config=config, namespace=namespace, spec=spec
+        )
     except Skip as skip:
         warnings = policy.warnings if policy else ()
         if skip.reason in (
@@ -247,7 +249,6 @@ def decide(
             warnings=tuple(_truncate(w) for w in warnings),
         )
     key = spec.key
-    patch = make_patch(pod, after)
     return Decision(
         kind="mutated" if patch else "unchanged",
         key=key,

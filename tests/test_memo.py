@@ -153,3 +153,25 @@ def test_the_memo_stays_within_its_size(size: int) -> None:
     memo = app.state.kc.memo
     assert len(memo) == size
     assert memo.hits == 0
+
+
+def test_a_remembered_decision_keeps_every_field_but_the_pods_patch_and_policy() -> None:
+    """What the edge reads of a remembered decision (outcome, reason, key, warnings: metrics
+    and log lines) is the core's; a field added to Decision later must be kept here too."""
+    from dataclasses import fields
+
+    dropped = {"before", "after", "patch", "policy"}
+    for case in (CREDENTIALS, CASES["11-volume-name-conflict"], CASES["25-pod-runs-as-root"]):
+        request = parse_review(make_review(case.pod, namespace=case.namespace, uid="u"))
+        result = review(request, config=case.config, namespace=case.view)
+        memo = ReviewMemo()
+        key = memo.key(request, view=case.view, config=case.config)
+        assert key is not None
+        memo.put(key, result)
+        found = memo.get(key, request)
+        assert found is not None
+        _, decision = found
+        for f in fields(decision):
+            if f.name not in dropped:
+                assert getattr(decision, f.name) == getattr(result.decision, f.name), f.name
+        assert decision.patch == []

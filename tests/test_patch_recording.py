@@ -13,12 +13,16 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.golden_cases import load_cases, make_review
-from webhook import names
-from webhook.clusterconfig import ClusterConfig, parse_config
+from webhook import __version__, names
+from webhook.clusterconfig import ClusterConfig, ServingMode, parse_config
+from webhook.mutate import status_annotation
 from webhook.patch import make_patch
-from webhook.review import Decision, review_body
+from webhook.review import Decision, parse_review, review, review_body
+from webhook.template import FetchSpec
 
 CASES = {c.name: c for c in load_cases()}
 BASE = CASES["02-kserve-after-gs"].pod
@@ -209,3 +213,41 @@ def test_the_shapes_reach_different_operations() -> None:
             continue
         seen |= {op["op"] for op in decision.patch}
     assert seen == {"add", "replace", "remove"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(uri=st.text(max_size=30), pvc=st.text(max_size=10), revision=st.text(max_size=10))
+def test_the_status_annotation_is_the_text_json_dumps_writes(
+    uri: str, pvc: str, revision: str
+) -> None:
+    """orjson writes it fast; a re-invocation compares it with the text of earlier releases
+    (`json.dumps`, sorted, compact, ASCII), so it must be that text for any value."""
+    request = parse_review(make_review(copy.deepcopy(BASE), namespace="default", uid="u"))
+    decision = review(request, config=MOUNT_MODE).decision
+    assert decision.policy is not None
+    spec = FetchSpec(
+        uri=uri,
+        key="k-0123456789abcdef",
+        revision=revision,
+        mode=ServingMode.MOUNT,
+        pvc=pvc,
+        secret=None,
+        cache_mount_path="/cache",
+        isvc="i",
+        namespace="n",
+        endpoint=uri[:5],
+    )
+    expected = {
+        "key": spec.key,
+        "pvc": pvc,
+        "uri": uri,
+        "mode": "mount",
+        "version": __version__,
+        "by": decision.policy.status_sources(),
+    }
+    if revision:
+        expected["revision"] = revision
+    if spec.endpoint:
+        expected["endpoint"] = spec.endpoint
+    text = json.dumps(expected, sort_keys=True, separators=(",", ":"))
+    assert status_annotation(spec, decision.policy) == text

@@ -10,8 +10,11 @@ where each change is made (see `mutate`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
+
+import orjson
 
 from webhook import __version__, names
 from webhook.clusterconfig import ClusterConfig, ServingMode
@@ -21,6 +24,8 @@ from webhook.policy import Policy
 from webhook.selection import ModelSource, find_init_container, metadata
 from webhook.skips import Skip, SkipReason
 from webhook.template import FetchSpec, build_init_container, plain_env, unsupported
+
+_NOT_PLAIN: Final = re.compile(rb"[^\x20-\x7e]|\\u")
 
 
 def status_annotation(spec: FetchSpec, policy: Policy) -> str:
@@ -37,7 +42,12 @@ def status_annotation(spec: FetchSpec, policy: Policy) -> str:
     if spec.endpoint:
         status["endpoint"] = spec.endpoint
     status["by"] = policy.status_sources()
-    return json.dumps(status, sort_keys=True, separators=(",", ":"))
+    text = orjson.dumps(status, option=orjson.OPT_SORT_KEYS)
+    if _NOT_PLAIN.search(text):
+        # what orjson writes differently from `json.dumps` (which earlier releases used, and
+        # whose text a re-invocation compares): non-ASCII, DEL and escaped control characters
+        return json.dumps(status, sort_keys=True, separators=(",", ":"))
+    return text.decode()
 
 
 def fetch_spec(

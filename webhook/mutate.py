@@ -19,7 +19,16 @@ import orjson
 from webhook import __version__, names
 from webhook.clusterconfig import ClusterConfig, ServingMode
 from webhook.keys import cache_key, source_endpoint
-from webhook.patch import MISSING, Op, add_op, escape, remove_op, replace_op, same
+from webhook.patch import (
+    MISSING,
+    Op,
+    add_op,
+    escape,
+    member_ops,
+    remove_op,
+    replace_op,
+    same,
+)
 from webhook.policy import Policy
 from webhook.selection import ModelSource, find_init_container, metadata
 from webhook.skips import Skip, SkipReason
@@ -365,7 +374,11 @@ def mutate(
     else:
         for position, container in enumerate(init_containers):
             if container.get("name") == names.STORAGE_INITIALIZER:
-                if not same(container, initializer):
+                if type(container) is dict:
+                    spec_ops += member_ops(
+                        f"/spec/initContainers/{position}", container, initializer
+                    )
+                elif not same(container, initializer):
                     spec_ops.append(replace_op(f"/spec/initContainers/{position}", initializer))
                 init_containers[position] = initializer
     pod_spec["initContainers"] = init_containers

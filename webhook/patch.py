@@ -44,6 +44,20 @@ def remove_op(path: str) -> Op:
     return {"op": "remove", "path": path}
 
 
+def member_ops(path: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Op]:
+    """The operations turning the object `before` into `after` one member deep: an `add`,
+    `replace` or `remove` of each member that differs (values are not descended into). A
+    taken-over container so costs a dozen comparisons, and its patch names what changed."""
+    ops = [remove_op(f"{path}/{escape(key)}") for key in before if key not in after]
+    for key, value in after.items():
+        old = before.get(key, MISSING)
+        if old is MISSING:
+            ops.append(add_op(f"{path}/{escape(key)}", value))
+        elif old is not value and not same(old, value):
+            ops.append(replace_op(f"{path}/{escape(key)}", value))
+    return ops
+
+
 def _unescape(token: str) -> str:
     return token.replace("~1", "/").replace("~0", "~")
 

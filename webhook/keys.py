@@ -25,20 +25,38 @@ def normalize_uri(uri: str) -> str:
     The scheme (and an http(s) host) is lower-cased, surrounding space and trailing slashes
     are dropped; the rest is case-sensitive, as object stores are.
     """
+    return _normalized(uri)[0]
+
+
+def _normalized(uri: str) -> tuple[str, str | None]:
+    """`normalize_uri(uri)`, and the tail `slug_of` takes from it when that is known without
+    parsing it again (else None): `cache_key` needs both, for every pod."""
     text = uri.strip()
     parts = urlsplit(text)
     if not parts.scheme:
-        return text.rstrip("/") or text
+        return text.rstrip("/") or text, None
     scheme = parts.scheme.lower()
     netloc = parts.netloc.lower() if scheme in ("http", "https") else parts.netloc
     path = parts.path.rstrip("/")
-    return urlunsplit((scheme, netloc, path, parts.query, parts.fragment))
+    if not netloc or not netloc.isascii() or "[" in netloc or path[:1] not in ("", "/"):
+        return urlunsplit((scheme, netloc, path, parts.query, parts.fragment)), None
+    # What urlunsplit returns for these parts; urlsplit of it gives back `netloc` and `path`
+    # (an ASCII netloc without brackets has nothing its checks refuse or change).
+    normalized = f"{scheme}://{netloc}{path}"
+    if parts.query:
+        normalized += "?" + parts.query
+    if parts.fragment:
+        normalized += "#" + parts.fragment
+    return normalized, path.rsplit("/", 1)[-1] or netloc
 
 
 def slug_of(uri: str) -> str:
     """Readable part of the key: the last path segment, reduced to `[a-z0-9-]`."""
     parts = urlsplit(uri)
-    tail = parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.netloc
+    return _slug(parts.path.rstrip("/").rsplit("/", 1)[-1] or parts.netloc)
+
+
+def _slug(tail: str) -> str:
     slug = _NOT_SLUG.sub("-", tail.lower()).strip("-")
     return slug[:SLUG_MAX].strip("-")
 
@@ -49,10 +67,10 @@ def cache_key(uri: str, revision: str = "", endpoint: str = "") -> str:
     `endpoint` (`scheme://host[:port]`, see `source_endpoint`) tells apart the same path on two
     object stores; without one the key is the one earlier releases computed.
     """
-    normalized = normalize_uri(uri)
-    text = f"{normalized}\n{revision}" + (f"\n{endpoint}" if endpoint else "")
+    normalized, tail = _normalized(uri)
+    text = f"{normalized}\n{revision}\n{endpoint}" if endpoint else f"{normalized}\n{revision}"
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    slug = slug_of(normalized)
+    slug = slug_of(normalized) if tail is None else _slug(tail)
     return f"{slug}-{digest}" if slug else digest
 
 

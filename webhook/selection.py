@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 from urllib.parse import urlsplit
 
 from webhook import names
@@ -35,22 +35,28 @@ class ModelSource:
     origin: Origin
 
 
+def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """isinstance(value, Mapping), without the ABC machinery (100+ ns) for the dicts of a
+    parsed review: these helpers run several times per pod."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def metadata(pod: Mapping[str, Any]) -> tuple[Mapping[str, str], Mapping[str, str]]:
     """(labels, annotations) of a pod, empty when missing or malformed."""
     meta = pod.get("metadata")
-    if not isinstance(meta, Mapping):
+    if not _is_mapping(meta):
         return {}, {}
     labels = meta.get("labels")
     annotations = meta.get("annotations")
     return (
-        labels if isinstance(labels, Mapping) else {},
-        annotations if isinstance(annotations, Mapping) else {},
+        labels if _is_mapping(labels) else {},
+        annotations if _is_mapping(annotations) else {},
     )
 
 
 def find_init_container(pod: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     spec = pod.get("spec")
-    if not isinstance(spec, Mapping):
+    if not _is_mapping(spec):
         return None
     for container in spec.get("initContainers") or ():
         if isinstance(container, dict) and container.get("name") == name:
@@ -164,8 +170,8 @@ def check_initializer_shape(pod: Mapping[str, Any]) -> None:
 def check_os(pod: Mapping[str, Any]) -> None:
     """Raise Skip for Windows pods: the injected container uses Linux-only fields."""
     spec = pod.get("spec")
-    os_spec = spec.get("os") if isinstance(spec, Mapping) else None
-    if isinstance(os_spec, Mapping) and str(os_spec.get("name", "")).lower() == "windows":
+    os_spec = spec.get("os") if _is_mapping(spec) else None
+    if _is_mapping(os_spec) and str(os_spec.get("name", "")).lower() == "windows":
         raise Skip(SkipReason.WINDOWS_POD, "spec.os.name is windows")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Self
 
 import yaml
 from pydantic import (
@@ -19,6 +20,9 @@ from pydantic import (
 )
 
 from webhook import names
+
+if TYPE_CHECKING:
+    from webhook.template import TemplateParts
 
 DNS1123_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DNS1123_SUBDOMAIN: Final = re.compile(
@@ -93,7 +97,31 @@ def _default_resources() -> dict[str, Any]:
 
 
 class _Strict(BaseModel):
+    """A frozen model whose `cached_property` values are derived from its fields.
+
+    pydantic keeps those values in `__dict__` next to the fields (equality, hashing, repr and
+    `model_dump` look at the fields only), and its copies copy `__dict__`: a copy forgets
+    them, or `model_copy(update=...)` would keep values derived from the old fields.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def __copy__(self) -> Self:
+        copied = super().__copy__()
+        _forget_derived(copied)
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        copied = super().__deepcopy__(memo)
+        _forget_derived(copied)
+        return copied
+
+
+def _forget_derived(model: BaseModel) -> None:
+    """Drop the cached values of `model`'s properties: they are computed again when asked."""
+    fields = type(model).model_fields
+    for name in [name for name in model.__dict__ if name not in fields]:
+        del model.__dict__[name]
 
 
 class _Fragment(BaseModel):
@@ -301,6 +329,14 @@ class InitContainerTemplate(_Strict):
             EnvFromSource.model_validate(item)
         return value
 
+    @cached_property
+    def parts(self) -> TemplateParts:
+        """What every container built from this template gets whatever the pod, computed once
+        per template (see `template.TemplateParts`)."""
+        from webhook.template import TemplateParts  # it builds on this module
+
+        return TemplateParts.of(self)
+
 
 class ClusterConfig(_Strict):
     """Cluster-wide defaults; every key has a default, so an empty file is valid."""
@@ -326,6 +362,21 @@ class ClusterConfig(_Strict):
     # privately into its own emptyDir (copy mode).
     onMiss: Literal["wait", "private"] = "wait"
     initContainer: InitContainerTemplate = Field(default_factory=InitContainerTemplate)
+
+    @cached_property
+    def customized(self) -> frozenset[str]:
+        """The fields this config sets: named in its file, or not their default.
+
+        Computed once per config: `resolve_policy` asks for every pod which settings are the
+        cluster's, and a default `ClusterConfig` to compare with costs more than the rest of
+        the resolution.
+        """
+        defaults = ClusterConfig()
+        return frozenset(
+            name
+            for name in type(self).model_fields
+            if name in self.model_fields_set or getattr(self, name) != getattr(defaults, name)
+        )
 
     @field_validator("refresh")
     @classmethod

@@ -61,6 +61,15 @@ _SHORT: Final = {
     Layer.POD: "pod",
     Layer.SHAPE: "shape",
 }
+# Members read for every pod, as constants: reading one off its class goes through
+# EnumType.__getattr__ (about 70 ns), and resolve_policy reads some thirty.
+_BUILTIN: Final = Layer.BUILTIN
+_CLUSTER: Final = Layer.CLUSTER
+_NAMESPACE: Final = Layer.NAMESPACE
+_POD: Final = Layer.POD
+_OPT_IN: Final = PolicyMode.OPT_IN
+_FORCED: Final = PolicyMode.FORCED
+_DISABLED: Final = PolicyMode.DISABLED
 # Settings shown by `status_sources`, and their compact names there.
 _STATUS_SETTINGS: Final = (
     ("policy", "policy"),
@@ -117,7 +126,7 @@ class Policy:
             "read-only": str(self.read_only).lower(),
             "on-miss": self.on_miss,
         }
-        return [(k, str(v), self.sources.get(k, Layer.BUILTIN).value) for k, v in values.items()]
+        return [(k, str(v), self.sources.get(k, _BUILTIN).value) for k, v in values.items()]
 
     def status_sources(self) -> dict[str, str]:
         """Which layer decided each setting, compactly, for `cache.kserve.io/status`.
@@ -127,7 +136,7 @@ class Policy:
         """
         always = {"policy", "pvc", "serving-mode"}
         return {
-            short: self.sources.get(setting, Layer.BUILTIN).short
+            short: self.sources.get(setting, _BUILTIN).short
             for setting, short in _STATUS_SETTINGS
             if setting in always or setting in self.sources
         }
@@ -229,7 +238,7 @@ class _Resolver:
     ) -> T:
         if raw is None:
             return current
-        where = "namespace" if layer is Layer.NAMESPACE else "pod"
+        where = "namespace" if layer is _NAMESPACE else "pod"
         key = names.PREFIX + setting
         if not isinstance(raw, str):
             self.warnings.append(
@@ -247,7 +256,7 @@ class _Resolver:
         except ValueError as exc:
             # A Namespace's annotations are the admins': the pod's creator may not be allowed
             # to read them, so their value is never echoed (the pod's own values are).
-            shown = f" {_show(raw)}" if layer is Layer.POD else ""
+            shown = f" {_show(raw)}" if layer is _POD else ""
             self.warnings.append(
                 f"{key}: ignored the {where} value{shown} in namespace {self.namespace!r}: {exc}"
             )
@@ -267,47 +276,41 @@ def resolve_policy(
     ns = namespace_annotations or {}
     r = _Resolver(namespace)
     # A setting the config file names is the cluster's, even when it repeats the default.
-    defaults = ClusterConfig()
+    customized = cluster.customized
     for setting, attr in _CLUSTER_FIELDS:
-        if attr in cluster.model_fields_set or getattr(cluster, attr) != getattr(defaults, attr):
-            r.sources[setting] = Layer.CLUSTER
+        if attr in customized:
+            r.sources[setting] = _CLUSTER
 
-    mode = r.take("policy", cluster.policy, ns.get(names.POLICY), _parse_mode, Layer.NAMESPACE)
-    pvc = r.take("pvc", cluster.pvc, ns.get(names.PVC), _parse_name, Layer.NAMESPACE)
+    mode = r.take("policy", cluster.policy, ns.get(names.POLICY), _parse_mode, _NAMESPACE)
+    pvc = r.take("pvc", cluster.pvc, ns.get(names.PVC), _parse_name, _NAMESPACE)
     serving = r.take(
         "serving-mode",
         cluster.servingMode,
         ns.get(names.SERVING_MODE),
         _parse_serving_mode,
-        Layer.NAMESPACE,
+        _NAMESPACE,
     )
     fs_group = r.take(
-        "fs-group", cluster.fsGroup, ns.get(names.FS_GROUP), _parse_fs_group, Layer.NAMESPACE
+        "fs-group", cluster.fsGroup, ns.get(names.FS_GROUP), _parse_fs_group, _NAMESPACE
     )
     overrides_raw = ns.get(names.POD_OVERRIDES)
     overrides = r.take(
-        "pod-overrides", cluster.podOverrides, overrides_raw, _parse_overrides, Layer.NAMESPACE
+        "pod-overrides", cluster.podOverrides, overrides_raw, _parse_overrides, _NAMESPACE
     )
-    if overrides_raw is not None and r.sources.get("pod-overrides") is not Layer.NAMESPACE:
+    if overrides_raw is not None and r.sources.get("pod-overrides") is not _NAMESPACE:
         # The admin meant to narrow what pods may set: a typo must not widen it (fail closed).
         overrides = frozenset()
-        r.sources["pod-overrides"] = Layer.NAMESPACE
+        r.sources["pod-overrides"] = _NAMESPACE
         r.warnings[-1] += "; pods may set none of the keys until it is fixed"
-    secret: str | None = r.take("secret", None, ns.get(names.SECRET), _parse_name, Layer.NAMESPACE)
-    enabled: bool | None = r.take(
-        "enabled", None, ns.get(names.ENABLED), _parse_bool, Layer.NAMESPACE
-    )
-    refresh = r.take(
-        "refresh", cluster.refresh, ns.get(names.REFRESH), _parse_refresh, Layer.NAMESPACE
-    )
-    prefetch = r.take(
-        "prefetch", cluster.prefetch, ns.get(names.PREFETCH), _parse_bool, Layer.NAMESPACE
-    )
+    secret: str | None = r.take("secret", None, ns.get(names.SECRET), _parse_name, _NAMESPACE)
+    enabled: bool | None = r.take("enabled", None, ns.get(names.ENABLED), _parse_bool, _NAMESPACE)
+    refresh = r.take("refresh", cluster.refresh, ns.get(names.REFRESH), _parse_refresh, _NAMESPACE)
+    prefetch = r.take("prefetch", cluster.prefetch, ns.get(names.PREFETCH), _parse_bool, _NAMESPACE)
     read_only = r.take(
-        "read-only", cluster.readOnly, ns.get(names.READ_ONLY), _parse_bool, Layer.NAMESPACE
+        "read-only", cluster.readOnly, ns.get(names.READ_ONLY), _parse_bool, _NAMESPACE
     )
     on_miss = r.take(
-        "on-miss", str(cluster.onMiss), ns.get(names.ON_MISS), _parse_on_miss, Layer.NAMESPACE
+        "on-miss", str(cluster.onMiss), ns.get(names.ON_MISS), _parse_on_miss, _NAMESPACE
     )
 
     # Pod layer: `enabled` and `revision` always; starred keys only where admins allow them;
@@ -319,13 +322,13 @@ def resolve_policy(
                 "only the Namespace or the cluster config can set it"
             )
     pod_enabled: bool | None = r.take(
-        "enabled", None, pod_annotations.get(names.ENABLED), _parse_bool, Layer.POD
+        "enabled", None, pod_annotations.get(names.ENABLED), _parse_bool, _POD
     )
     if pod_enabled is not None:
         enabled = pod_enabled
     revision_raw = pod_annotations.get(names.REVISION)
-    revision = r.take("revision", "", revision_raw, _parse_revision, Layer.POD)
-    revision_invalid = revision_raw is not None and r.sources.get("revision") is not Layer.POD
+    revision = r.take("revision", "", revision_raw, _parse_revision, _POD)
+    revision_invalid = revision_raw is not None and r.sources.get("revision") is not _POD
 
     def pod_value(setting: str, current: T, parse: Callable[[str], T]) -> T:
         raw = pod_annotations.get(names.PREFIX + setting)
@@ -338,20 +341,16 @@ def resolve_policy(
                 f"{','.join(sorted(overrides)) or 'none'})"
             )
             return current
-        return r.take(setting, current, raw, parse, Layer.POD)
+        return r.take(setting, current, raw, parse, _POD)
 
-    refresh = r.take(
-        "refresh", refresh, pod_annotations.get(names.REFRESH), _parse_refresh, Layer.POD
-    )
-    digest = r.take("digest", "", pod_annotations.get(names.DIGEST), _parse_digest, Layer.POD)
-    prefetch = r.take(
-        "prefetch", prefetch, pod_annotations.get(names.PREFETCH), _parse_bool, Layer.POD
-    )
+    refresh = r.take("refresh", refresh, pod_annotations.get(names.REFRESH), _parse_refresh, _POD)
+    digest = r.take("digest", "", pod_annotations.get(names.DIGEST), _parse_digest, _POD)
+    prefetch = r.take("prefetch", prefetch, pod_annotations.get(names.PREFETCH), _parse_bool, _POD)
     # read-only: a pod may make itself a read-only consumer, never turn an admin's off
     pod_read_only = pod_annotations.get(names.READ_ONLY)
     if pod_read_only is not None:
         before = r.sources.get("read-only")
-        wanted = r.take("read-only", read_only, pod_read_only, _parse_bool, Layer.POD)
+        wanted = r.take("read-only", read_only, pod_read_only, _parse_bool, _POD)
         if wanted is False:
             if before is None:
                 r.sources.pop("read-only", None)
@@ -368,18 +367,18 @@ def resolve_policy(
     secret = pod_value("secret", secret, _parse_name)
 
     skip: SkipReason | None = None
-    if mode is PolicyMode.DISABLED:
+    if mode is _DISABLED:
         skip = SkipReason.POLICY_DISABLED
         if pod_enabled:
             r.warnings.append(
                 f"{names.ENABLED}: ignored: caching is disabled in namespace {namespace!r}"
             )
-    elif mode is PolicyMode.FORCED:
+    elif mode is _FORCED:
         if pod_enabled is False:
             r.warnings.append(
                 f"{names.ENABLED}: ignored 'false': caching is forced in namespace {namespace!r}"
             )
-    elif mode is PolicyMode.OPT_IN:
+    elif mode is _OPT_IN:
         if enabled is False:
             skip = SkipReason.OPTED_OUT
         elif enabled is not True:

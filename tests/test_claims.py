@@ -274,7 +274,7 @@ def test_review_skips_a_missing_claim_then_mutates_once_it_exists(
     assert "warnings" not in mutated
     assert "skip-reason" not in mutated["auditAnnotations"]
     patch = json.loads(base64.b64decode(mutated["patch"]))
-    volumes = [op["value"] for op in patch if op["path"].startswith("/spec/volumes")]
+    volumes = [op.get("value") for op in patch if op["path"].startswith("/spec/volumes")]
     claimed = [v for v in volumes if isinstance(v, dict) and "persistentVolumeClaim" in v]
     assert [v["persistentVolumeClaim"]["claimName"] for v in claimed] == ["ml-cache"]
 

@@ -1,8 +1,10 @@
 -- wrk script for a fixed rate: like request.lua (POST the AdmissionReviews listed in the file
--- given after `--`, in turn), but each connection waits `delay_ms` (the second argument) after
--- each answer before it sends the next request: with C connections, about C * 1000 / delay_ms
--- requests a second (a little less: each answer's own latency is added; the rate reached is
--- reported). wrk measures each request from its send to its answer, in C, on one thread.
+-- given after `--`, in turn), but each connection waits about `delay_ms` (the second argument)
+-- after each answer before it sends the next request: with C connections, about
+-- C * 1000 / delay_ms requests a second (a little less: each answer's own latency is added; the
+-- rate reached is reported). Each wait is drawn uniformly from 0.5 to 1.5 times `delay_ms`, so
+-- that the connections, which all start at once, do not keep arriving together in bursts.
+-- wrk measures each request from its send to its answer, in C, on one thread.
 
 local requests = {}
 local next_index = 0
@@ -19,11 +21,12 @@ function init(args)
   end
   list:close()
   delay_ms = tonumber(args[2])
+  math.randomseed(os.time())
   next_index = math.random(#requests) - 1
 end
 
 function delay()
-  return delay_ms
+  return math.floor(delay_ms * (0.5 + math.random()) + 0.5)
 end
 
 function request()

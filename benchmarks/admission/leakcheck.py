@@ -1,5 +1,7 @@
 """Does the app keep memory per admission? 65,000 admissions through the ASGI app in-process
-(no TLS, no sockets), tracemalloc and RSS after every 15,000.
+(no TLS, no sockets), tracemalloc and RSS after every 15,000. The reviews: the padded golden
+mix and 1,000 distinct variants of the KServe pod with credentials (another generateName
+each), so that the memo of answers is filled and evicts all the time.
 
     .venv/bin/python benchmarks/admission/leakcheck.py
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sys
 import tracemalloc
 from pathlib import Path
@@ -28,7 +31,14 @@ def rss_mib() -> float:
 
 
 async def main() -> None:
-    bodies = [item.body for item in load_items()]
+    items = load_items()
+    bodies = [item.body for item in items]
+    credentials = next(item for item in items if item.name == "03-kserve-after-s3-credentials")
+    for n in range(1_000):
+        variant = json.loads(credentials.body)
+        meta = variant["request"]["object"]["metadata"]
+        meta["generateName"] = f"{meta.get('generateName', 'pod-')}{n:04d}-"
+        bodies.append(json.dumps(variant, separators=(",", ":")).encode())
     app = create_app()
 
     async def admit(body: bytes) -> None:

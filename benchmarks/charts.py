@@ -1,5 +1,6 @@
 """Charts of the benchmark results (matplotlib, from the JSON files only):
-coldstart.png from coldstart.json, readpath.png from readpath.json.
+coldstart.png from coldstart.json, readpath.png from readpath.json, admission.png from
+admission.json.
 
     .venv/bin/python benchmarks/charts.py                      # benchmarks/results/*.png
     .venv/bin/python benchmarks/charts.py --results DIR readpath
@@ -143,12 +144,85 @@ def _median(row: dict[str, Any], key: str) -> float:
     return float(values[len(values) // 2]) if values else 0.0
 
 
-CHARTS = {"coldstart": coldstart, "readpath": readpath}
+ADMISSION_RUNS = [
+    ("parse-floor:credentials", "raw-ASGI parse floor", "#bbbbbb"),
+    ("mutate:credentials", "/mutate, the pod repeated (memo)", "#1f77b4"),
+    ("mutate:credentials-distinct", "/mutate, 1,000 distinct pods (full review)", "#ff7f0e"),
+]
+
+
+def admission(data: dict[str, Any], out: Path) -> None:
+    """One worker: throughput at saturation of the credentials pod against the parse floor
+    (median of the runs, share of the floor), and p99 at each fixed rate with `wrk` paced."""
+    config = next((c for c in data["configs"] if c["workers"] == 1 and c.get("parse_floor")), None)
+    if config is None:
+        raise ValueError("no one-worker run with the parse floor: run.py --workers 1 makes one")
+    runs = config["parse_floor"]["runs"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    floor = _median_of([r["rate"] for r in runs["parse-floor:credentials"]])
+    names, rates, colors = [], [], []
+    for key, name, color in ADMISSION_RUNS:
+        if key in runs:
+            names.append(name)
+            rates.append(_median_of([r["rate"] for r in runs[key]]))
+            colors.append(color)
+    left.barh(names, rates, color=colors)
+    for index, rate in enumerate(rates):
+        left.text(
+            rate,
+            index,
+            f" {rate:,.0f}/s ({rate / floor:.0%} of the floor's median)",
+            va="center",
+            fontsize=8,
+        )
+    left.axvline(floor / 2, color="#d62728", linestyle="--", linewidth=1)
+    left.text(floor / 2, -0.6, " target: half the floor", color="#d62728", fontsize=7)
+    left.invert_yaxis()
+    left.set_xlim(0, max(rates) * 1.35)
+    left.set_xlabel("admissions/s at saturation, one worker, TLS (median of the runs)")
+    left.tick_params(axis="y", labelsize=8)
+    paced = config.get("paced", [])
+    rates_fixed = sorted({r["target_rate"] for r in paced})
+    width = 0.8 / len(ADMISSION_RUNS)
+    for number, (key, name, color) in enumerate(ADMISSION_RUNS):
+        p99s = [
+            _median_of(
+                [r["p99_ms"] for r in paced if r["endpoint"] == key and r["target_rate"] == t]
+            )
+            for t in rates_fixed
+        ]
+        xs = [i + (number - 1) * width for i in range(len(rates_fixed))]
+        right.bar(xs, p99s, width=width, color=color, label=name)
+        for x, value in zip(xs, p99s, strict=True):
+            right.text(x, value, f"{value:.1f}", ha="center", va="bottom", fontsize=7)
+    right.axhline(5.0, color="#d62728", linestyle="--", linewidth=1)
+    right.text(-0.45, 5.0, "target 5 ms", color="#d62728", fontsize=7, va="bottom")
+    right.set_xticks(range(len(rates_fixed)), [f"{t:.0f}/s" for t in rates_fixed])
+    right.set_ylabel("p99 latency, ms (median of the runs, wrk paced)")
+    right.legend(fontsize=7)
+    fig.suptitle(
+        f"Admission, KServe pod with S3 credentials ({data.get('when', '')}, "
+        f"{data.get('machine', {}).get('cpus', '?')} shared CPUs, commit {data.get('commit', '')})",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _median_of(values: list[float]) -> float:
+    ordered = sorted(values)
+    return float(ordered[len(ordered) // 2]) if ordered else 0.0
+
+
+CHARTS = {"coldstart": coldstart, "readpath": readpath, "admission": admission}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Draw the benchmark charts from their JSON.")
-    parser.add_argument("names", nargs="*", default=list(CHARTS), help="coldstart, readpath")
+    parser.add_argument(
+        "names", nargs="*", default=list(CHARTS), help="coldstart, readpath, admission"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON files")
     args = parser.parse_args(argv)
     code = 0
@@ -159,7 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
             continue
         out = args.results / f"{name}.png"
-        CHARTS[name](json.loads(source.read_text()), out)
+        try:
+            CHARTS[name](json.loads(source.read_text()), out)
+        except ValueError as exc:
+            print(f"{source}: {exc}", file=sys.stderr)
+            code = 1
+            continue
         print(out)
     return code
 

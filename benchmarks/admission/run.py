@@ -41,7 +41,6 @@ CLI = REPO / ".venv" / "bin" / "kserve-cache"
 PYTEST = REPO / ".venv" / "bin" / "pytest"
 RESULTS = REPO / "benchmarks" / "results"
 LUA = HERE / "request.lua"
-PACED_LUA = HERE / "paced.lua"
 PACED_CONNECTIONS = 40
 """Connections of a paced run: each waits ~80 ms between requests at 500/s, so one
 millisecond of delay moves the rate by ~1 %."""
@@ -286,7 +285,7 @@ def run_wrk(
     delay_ms: int | None = None,
 ) -> Run:
     """`wrk` as fast as it goes, or with `delay_ms` each connection waits that long after
-    each answer (paced.lua: a fixed rate of about conns * 1000 / (delay_ms + latency))."""
+    each answer (request.lua's fixed rate: about conns * 1000 / (delay_ms + latency) a second)."""
     before_load = loadavg()
     pids = server.pids()
     cpu0 = cpu_seconds(pids)
@@ -300,7 +299,7 @@ def run_wrk(
             "--timeout",
             "5s",
             "-s",
-            str(LUA if delay_ms is None else PACED_LUA),
+            str(LUA),
             server.url(f"/{endpoint}"),
             "--",
             str(list_file),
@@ -601,9 +600,10 @@ def render(results: dict[str, Any]) -> str:
             "",
             f"## Fixed rates with `wrk` (--workers {config['workers']})",
             "",
-            f"`paced.lua`: {PACED_CONNECTIONS} connections, each waiting after every answer "
-            "for a time drawn from 0.5 to 1.5 times the mean (calibrated by a 2-second run so "
-            "that the rate is reached); the target takes the median p99 of the runs at "
+            f"`request.lua` with a delay (its second argument): {PACED_CONNECTIONS} connections, "
+            "each waiting after every answer for a time drawn from 0.5 to 1.5 times the mean "
+            "(calibrated by a 2-second run so that the rate is reached); the target takes the "
+            "median p99 of the runs at "
             f"{TARGET_P99_RATE}/s. `wrk` is one C thread: unlike `hey` it can send the "
             "distinct pods, and it costs the two cores little. Latencies in ms, from send to "
             "answer.",

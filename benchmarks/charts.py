@@ -70,14 +70,12 @@ def coldstart(data: dict[str, Any], out: Path) -> None:
     right.legend(["kserve-cache fetch", "usual recipe (no lock)"], fontsize=8, loc="upper left")
 
     meta = data.get("meta", {})
-    fig.suptitle(
+    _finish(
+        fig,
+        out,
         f"Cold start: kserve-cache vs the usual shared-cache recipe "
         f"({meta.get('date', '')}, {meta.get('cpus', '?')} shared CPUs, local moto S3)",
-        fontsize=11,
     )
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 PHASES = [
@@ -129,12 +127,19 @@ def readpath(data: dict[str, Any], out: Path) -> None:
             handles, names_ = ax.get_legend_handles_labels()
             fig.legend(handles, names_, loc="lower center", ncol=len(handles), fontsize=8)
     meta = data.get("meta", {})
-    fig.suptitle(
+    _finish(
+        fig,
+        out,
         f"Read path from the cache to the model server ({meta.get('date', '')}, "
         f"{meta.get('cpus', '?')} shared CPUs, median of {meta.get('repeat', '?')} cold runs)",
-        fontsize=11,
+        rect=(0, 0.05, 1, 1),
     )
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+
+
+def _finish(fig: Any, out: Path, title: str, rect: tuple[float, ...] | None = None) -> None:
+    """Title, layout, write the PNG, free the figure."""
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(**({} if rect is None else {"rect": rect}))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -200,14 +205,12 @@ def admission(data: dict[str, Any], out: Path) -> None:
     right.set_xticks(range(len(rates_fixed)), [f"{t:.0f}/s" for t in rates_fixed])
     right.set_ylabel("p99 latency, ms (median of the runs, wrk paced)")
     right.legend(fontsize=7)
-    fig.suptitle(
+    _finish(
+        fig,
+        out,
         f"Admission, KServe pod with S3 credentials ({data.get('when', '')}, "
         f"{data.get('machine', {}).get('cpus', '?')} shared CPUs, commit {data.get('commit', '')})",
-        fontsize=11,
     )
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 def _median_of(values: list[float]) -> float:

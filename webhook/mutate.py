@@ -270,7 +270,7 @@ def _append(
     old = parent.get(key, MISSING)
     if type(old) is not list:
         if items:
-            _set_member(ops, path, parent, key, items if old is MISSING else list(items))
+            _set_member(ops, path, parent, key, items)
         return
     for offset, item in enumerate(items):
         ops.append(add_op(f"{path}/{escape(key)}/{len(old) + offset}", item))
@@ -389,8 +389,6 @@ def mutate(
         added_volumes.append({"name": names.PROVISION_VOLUME, "emptyDir": {}})
     _append(spec_ops, "/spec", original, "volumes", added_volumes)
     volumes += added_volumes
-    if "volumes" in original and not added_volumes and type(original["volumes"]) is not list:
-        spec_ops.append(replace_op("/spec/volumes", volumes))  # null: now an empty list
     pod_spec["volumes"] = volumes
     if (
         spec.mode is ServingMode.MOUNT

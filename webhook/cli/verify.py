@@ -8,17 +8,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
+from webhook.cli.gc import existing_dir
+
 logger = logging.getLogger(__name__)
-
-
-def existing_dir(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
-    return path
 
 
 def add_parser(subparsers: Any) -> None:

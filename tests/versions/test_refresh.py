@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,27 @@ def _kubelet(root: Path, key: str) -> Path:
 
 def _want(files: dict[str, bytes]) -> dict[str, str]:
     return {name: sha(body) for name, body in files.items()}
+
+
+def _race(s3: S3, uri: str, root: Path, logs: Path, extras: list[tuple[str, ...]]) -> list[Any]:
+    """One fetch process per `extras` entry, all started before any is waited for; the last
+    JSON line each printed (each must exit 0)."""
+    procs = [
+        subprocess.Popen(
+            [*fetch_args(uri, root, extra=extra), "--termination-log", str(logs / f"t{i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=s3.env(),
+        )
+        for i, extra in enumerate(extras)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 def test_on_start_follows_an_overwritten_object_and_started_pods_keep_v1(
@@ -99,25 +121,7 @@ def test_interval_asks_once_per_interval_across_racing_processes(s3: S3, tmp_pat
     assert run_fetch(uri, root, env=s3.env(), extra=("--refresh=interval=1h",)).code == 0
     put_model(s3, uri.split("/", 3)[3], V2)
     s3.reset_counts()
-    procs = [
-        subprocess.Popen(
-            [
-                *fetch_args(uri, root, extra=("--refresh=interval=1h",)),
-                "--termination-log",
-                str(tmp_path / f"t{i}"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=s3.env(),
-        )
-        for i in range(6)
-    ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = _race(s3, uri, root, tmp_path, [("--refresh=interval=1h",)] * 6)
     checks = sorted(r["version"]["check"] for r in results)
     # The first window's claim was taken by the miss: nobody asks in this window.
     assert checks == ["not-asked"] * 6
@@ -125,25 +129,9 @@ def test_interval_asks_once_per_interval_across_racing_processes(s3: S3, tmp_pat
     # A new window (simulated: the claim files are removed), six racers: one check, one download.
     for claim in (root / "versions" / key).glob(".check-*"):
         claim.unlink()
-    procs = [
-        subprocess.Popen(
-            [
-                *fetch_args(uri, root, extra=("--refresh=interval=1h",)),
-                "--termination-log",
-                str(tmp_path / f"u{i}"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=s3.env(),
-        )
-        for i in range(6)
-    ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    logs = tmp_path / "second-window"
+    logs.mkdir()
+    results = _race(s3, uri, root, logs, [("--refresh=interval=1h",)] * 6)
     asked = [r for r in results if r["version"]["check"] != "not-asked"]
     assert [r["version"]["check"] for r in asked] == ["changed"]
     assert s3.counts()["object_gets"] == 2
@@ -156,27 +144,11 @@ def test_two_refreshers_at_once_one_download_both_serve_v2(s3: S3, tmp_path: Pat
     assert run_fetch(uri, root, env=s3.env(), extra=("--refresh=on-start",)).code == 0
     put_model(s3, uri.split("/", 3)[3], V2)
     s3.reset_counts()
-    procs = []
-    for i in range(4):
-        copy = ("--copy-to", str(tmp_path / f"pod-{i}")) if i % 2 else ()
-        procs.append(
-            subprocess.Popen(
-                [
-                    *fetch_args(uri, root, extra=("--refresh=on-start", *copy)),
-                    "--termination-log",
-                    str(tmp_path / f"t{i}"),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=s3.env(),
-            )
-        )
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    extras = [
+        ("--refresh=on-start", *(("--copy-to", str(tmp_path / f"pod-{i}")) if i % 2 else ()))
+        for i in range(4)
+    ]
+    results = _race(s3, uri, root, tmp_path, extras)
     want = _want({**V1, **V2})
     assert len({r["version"]["digest"] for r in results}) == 1
     assert sorted(r["outcome"] for r in results).count("miss") == 1

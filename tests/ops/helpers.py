@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,22 @@ def build_entry(
     if last_used is not None:
         record_usage(layout, key, "hit", now=last_used)
     return Built(key, uri, size)
+
+
+def before_rename(action: Callable[[], object]) -> Callable[[], float]:
+    """A clock for `execute()` that runs `action` when it is read the second time: the
+    executor asks the time again right before its rename aside, after its last look at the
+    plan, so `action` is what another node does at that worst moment."""
+    reads = 0
+
+    def clock() -> float:
+        nonlocal reads
+        reads += 1
+        if reads == 2:
+            action()
+        return time.time()
+
+    return clock
 
 
 def entry_problems(layout: Layout, key: str) -> list[str]:

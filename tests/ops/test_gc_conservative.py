@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.helpers import DAY, build_entry, entry_problems, gc_json, run_cli
+from tests.ops.helpers import DAY, before_rename, build_entry, entry_problems, gc_json, run_cli
 from webhook.cache.gc import Budget, execute, plan_gc, scan
 from webhook.cache.layout import Layout, list_keys, record_usage
 from webhook.cache.lease import Heartbeat, generations, read_holder, try_acquire
@@ -61,14 +61,8 @@ def test_a_record_unreadable_after_the_rename_restores_the_entry(layout: Layout)
     budget = Budget(max_bytes=0, grace=3600)
     plan = plan_gc(scan(layout, now=now, lease_ttl=120), budget=budget, now=now, in_use=None)
     assert [d.key for d in plan.evict] == [key]
-    calls = []
-
-    def clock() -> float:
-        calls.append(1)
-        if len(calls) == 2:  # right before the rename: another node rewrites the record
-            layout.usage_file(key).write_bytes(b'{"last_used": 1')
-        return time.time()
-
+    # right before the rename: another node rewrites the record, and it is cut short
+    clock = before_rename(lambda: layout.usage_file(key).write_bytes(b'{"last_used": 1'))
     outcome = execute(layout, plan, budget=budget, clock=clock)
     assert outcome.evicted == []
     assert outcome.skipped == {key: "used-during-eviction"}
@@ -81,14 +75,7 @@ def test_a_use_newer_than_the_plan_restores_the_entry_even_without_grace(layout:
     key = build_entry(layout, "m", size=5000, last_used=now - DAY, created_at=now - DAY).key
     budget = Budget(max_bytes=0, grace=0)
     plan = plan_gc(scan(layout, now=now, lease_ttl=120), budget=budget, now=now, in_use=None)
-    calls = []
-
-    def clock() -> float:
-        calls.append(1)
-        if len(calls) == 2:
-            record_usage(layout, key, "hit")
-        return time.time()
-
+    clock = before_rename(lambda: record_usage(layout, key, "hit"))
     outcome = execute(layout, plan, budget=budget, clock=clock)
     assert outcome.skipped == {key: "used-during-eviction"}
     assert entry_problems(layout, key) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.helpers import DAY, build_entry, entry_problems
+from tests.ops.helpers import DAY, before_rename, build_entry, entry_problems
 from webhook.cache.gc import Budget, execute, plan_gc, scan
 from webhook.cache.layout import Layout, list_keys, record_usage
 from webhook.cache.lease import try_acquire
@@ -33,14 +33,7 @@ def test_a_hit_between_the_check_and_the_rename_gets_the_entry_back(layout: Layo
     now = time.time()
     plan = plan_gc(scan(layout, now=now, lease_ttl=120), budget=BUDGET, now=now, in_use=None)
     assert [d.key for d in plan.evict] == [key]
-    calls = []
-
-    def clock() -> float:
-        calls.append(1)
-        if len(calls) == 2:
-            # The executor asks the time again right before its rename: a fetch hits now.
-            record_usage(layout, key, "hit")
-        return time.time()
+    clock = before_rename(lambda: record_usage(layout, key, "hit"))  # a fetch hits now
 
     outcome = execute(layout, plan, budget=BUDGET, clock=clock)
     assert outcome.evicted == []

@@ -136,3 +136,22 @@ def gc_json(*args: str) -> tuple[int, dict[str, Any], str]:
     proc = run_cli("gc", "--json", *args)
     data = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, data, proc.stderr
+
+
+def pod(name: str, key: str, phase: str) -> dict[str, object]:
+    """A pod in team-a that our webhook mutated for cache `key`, in `phase`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "annotations": {
+                "cache.kserve.io/status": json.dumps(
+                    {"key": key, "pvc": "models", "mode": "mount", "version": "0.1.0"}
+                )
+            },
+        },
+        "spec": {"containers": [{"name": "kserve-container", "image": "x"}]},
+        "status": {"phase": phase},
+    }

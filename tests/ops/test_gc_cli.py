@@ -3,7 +3,6 @@ against a fake API server for the in-use check."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests.ops.helpers import (
     build_entry,
     entry_problems,
     gc_json,
+    pod,
     run_cli,
     tree_state,
 )
@@ -141,24 +141,6 @@ def test_dry_run_prints_the_plan_and_changes_nothing(layout: Layout) -> None:
     assert lines[built[0].key][-2:] == ["keep", "within-budget"]
     assert "bytes: 76.2 KiB -> 43.9 KiB" in proc.stdout
     assert tree_state(layout.root) == before
-
-
-def pod(name: str, key: str, phase: str) -> dict[str, object]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "team-a",
-            "annotations": {
-                "cache.kserve.io/status": json.dumps(
-                    {"key": key, "pvc": "models", "mode": "mount", "version": "0.1.0"}
-                )
-            },
-        },
-        "spec": {"containers": [{"name": "kserve-container", "image": "x"}]},
-        "status": {"phase": phase},
-    }
 
 
 def test_keys_of_live_pods_are_protected(layout: Layout, kube: FakeKube, tmp_path: Path) -> None:

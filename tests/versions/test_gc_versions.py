@@ -12,7 +12,7 @@ import pytest
 
 from tests.cache.conftest import S3, run_fetch
 from tests.fakekube import FakeKube
-from tests.ops.helpers import gc_json
+from tests.ops.helpers import gc_json, pod
 from webhook.cache.layout import Layout
 from webhook.cache.refs import list_versions, read_ref
 
@@ -20,21 +20,6 @@ from .helpers import put_model, tree_sha
 from .test_refresh import V1, V2, _kubelet, _model, _want
 
 pytestmark = pytest.mark.slow  # real fetch processes, a few seconds each
-
-
-def _pod(name: str, key: str) -> dict[str, object]:
-    status = {"key": key, "pvc": "models", "mode": "mount", "version": "0.1.0"}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "team-a",
-            "annotations": {"cache.kserve.io/status": json.dumps(status)},
-        },
-        "spec": {"containers": [{"name": "kserve-container", "image": "x"}]},
-        "status": {"phase": "Running"},
-    }
 
 
 def test_gc_keeps_an_old_version_while_its_pod_lives(
@@ -60,13 +45,13 @@ def test_gc_keeps_an_old_version_while_its_pod_lives(
         json.dumps({"pod-old": {"version": v1, "at": old}, "pod-new": {"version": v2, "at": old}})
     )
 
-    kube.set_pods([_pod("pod-old", key), _pod("pod-new", key)])
+    kube.set_pods([pod("pod-old", key, "Running"), pod("pod-new", key, "Running")])
     code, report, err = gc_json("--cache-root", str(root), "--kubeconfig", str(config))
     assert code == 0, err
     assert [(v["version"], v["action"]) for v in report["old_versions"]] == [(v1, "keep")]
     assert list_versions(layout, key) == sorted([v1, v2])
 
-    kube.set_pods([_pod("pod-new", key)])  # the pod that started on v1 is gone
+    kube.set_pods([pod("pod-new", key, "Running")])  # the pod that started on v1 is gone
     code, report, err = gc_json("--cache-root", str(root), "--kubeconfig", str(config))
     assert code == 0, err
     assert report["old_versions_evicted"] == [f"{key}/{v1}"]
